@@ -1,0 +1,3 @@
+from lit_hspace.cli import main
+
+main()

@@ -1,0 +1,88 @@
+"""Writes what predict and test steps return into the run directory (the logger's log_dir)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+from lit_hspace.directions import DirectionSet
+
+OUTLINE_COLOUR = (1.0, 0.1, 0.6)  # pink, as the JIVE appendix marks regions
+
+
+def outline(image: Tensor, mask: Tensor, width: int = 1) -> Tensor:
+    """image (C, H, W) in [0, 1] with the border pixels of mask (1, H, W) painted."""
+    eroded = -F.max_pool2d(-mask[None], 2 * width + 1, stride=1, padding=width)[0]
+    edge = (mask - eroded).bool().expand_as(image)
+    colour = torch.tensor(OUTLINE_COLOUR, device=image.device)[:, None, None].expand_as(image)
+    return torch.where(edge, colour, image)
+
+
+def to_unit(x: Tensor) -> Tensor:
+    return ((x.clamp(-1, 1) + 1) / 2).float().cpu()
+
+
+class RunWriter(L.Callback):
+    """Run directory layout:
+
+    directions/<image>.safetensors   direction sets (predict, and test where it had to discover)
+    images/<image>/d<index>_<label>_a<strength>.png   every edited image
+    grids/<image>.png                rows: directions; columns: the original with the region outline, then strengths
+    edits.csv                        one row per edit: image, direction, label, strength, MSE whole/inside/outside
+    metrics.json                     the test metrics over all edits
+    """
+
+    @staticmethod
+    def run_dir(trainer: L.Trainer) -> Path:
+        return Path(trainer.log_dir or trainer.default_root_dir)
+
+    def _save_set(self, trainer: L.Trainer, dset: DirectionSet) -> None:
+        dset.save(self.run_dir(trainer) / "directions" / f"{dset.meta['image']}.safetensors")
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        for dset in outputs:
+            self._save_set(trainer, dset)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        run = self.run_dir(trainer)
+        for result in outputs:
+            if result["directions"] is not None:
+                self._save_set(trainer, result["directions"])
+            self._save_images(run, result, pl_module.strengths)
+            self._append_rows(run / "edits.csv", result["rows"])
+
+    def _save_images(self, run: Path, result: dict, strengths: list[float]) -> None:
+        image_id, edits = result["id"], to_unit(result["edits"])
+        folder = run / "images" / image_id
+        folder.mkdir(parents=True, exist_ok=True)
+        original = to_unit(result["original"])
+        cells = []
+        for row, mask in enumerate(result["masks"].float().cpu()):
+            direction = result["rows"][row * len(strengths)]
+            cells.append(outline(original, mask))
+            for col, strength in enumerate(strengths):
+                name = f"d{direction['direction']:02d}_{direction['label']}_a{strength:+g}.png"
+                save_image(edits[row, col], folder / name)
+                cells.append(edits[row, col])
+        (run / "grids").mkdir(exist_ok=True)
+        save_image(make_grid(cells, nrow=1 + len(strengths), padding=2, pad_value=1.0), run / "grids" / f"{image_id}.png")
+
+    @staticmethod
+    def _append_rows(path: Path, rows: list[dict]) -> None:
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        (self.run_dir(trainer) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

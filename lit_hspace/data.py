@@ -1,0 +1,106 @@
+"""Where images come from: image files or a folder, or seeds (x_T ~ N(0, I)) so that no data set is needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def list_images(paths: list[str]) -> list[Path]:
+    """Expand folders, and check that every file exists and is an image, before any compute."""
+    files: list[Path] = []
+    for entry in map(Path, paths):
+        if entry.is_dir():
+            found = sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"image folder '{entry}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            files += found
+        elif entry.is_file():
+            files.append(entry)
+        else:
+            raise FileNotFoundError(f"image '{entry}' does not exist")
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"'{path}' is not an image that PIL can read ({err})") from None
+    return files
+
+
+class ImageFiles(Dataset):
+    """Images scaled to [-1, 1], centre-cropped to a square and resized to the model's size."""
+
+    def __init__(self, files: list[Path], size: int):
+        self.files = files
+        self.transform = v2.Compose(
+            [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Resize(size), v2.CenterCrop(size), v2.Normalize([0.5], [0.5])]
+        )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"id": self.files[i].stem, "image": self.transform(Image.open(self.files[i]).convert("RGB"))}
+
+
+class Seeds(Dataset):
+    """Generated images: the module draws x_T from each seed."""
+
+    def __init__(self, seeds: list[int]):
+        self.seeds = seeds
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"id": f"seed{self.seeds[i]:06d}", "seed": self.seeds[i]}
+
+
+class HSpaceData(L.LightningDataModule):
+    """Images to discover directions on and to edit, for predict and test.
+
+    Args:
+        images: image files and/or folders of images.
+        seeds: generate images from these seeds instead (x_T ~ N(0, I)).
+        image_size: side the images are resized to; set from the model by the CLI.
+        batch_size: images per step.
+    """
+
+    def __init__(
+        self,
+        images: list[str] | None = None,
+        seeds: list[int] | None = None,
+        image_size: int | None = None,
+        batch_size: int = 1,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        if (images is None) == (seeds is None):
+            raise ValueError("give either images (files or folders) or seeds, not both and not neither")
+        self.files = list_images(images) if images is not None else None
+        self.seeds = seeds
+        self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
+
+    def dataset(self) -> Dataset:
+        if self.files is None:
+            return Seeds(self.seeds)
+        if self.image_size is None:
+            raise ValueError("image_size is not set: the model's sample size is needed to resize images")
+        return ImageFiles(self.files, self.image_size)
+
+    def _loader(self) -> DataLoader:
+        return DataLoader(self.dataset(), batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()

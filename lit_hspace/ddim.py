@@ -1,0 +1,89 @@
+"""Deterministic DDIM: inversion of a real image to x_T, and sampling with an h-space edit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from diffusers import DDIMInverseScheduler, DDIMScheduler
+from torch import Tensor
+
+from lit_hspace.hspace import HSpaceUNet
+
+Injection = Literal["x0_and_direction", "x0"]
+
+
+@dataclass
+class Edit:
+    """h <- h + delta_h at every sampling step whose timestep is at most `start`.
+
+    injection "x0_and_direction" (Haas et al.): the edited noise prediction drives the whole DDIM step.
+    injection "x0" (Asyrp): it drives only the predicted x0; the direction term keeps the unedited one.
+    """
+
+    delta_h: Tensor  # (b, *h_shape), or (1, *h_shape) broadcast over the batch
+    start: int
+    injection: Injection = "x0_and_direction"
+
+
+class DDIM:
+    """DDIM (eta = 0) over the model's own noise schedule with `num_steps` steps."""
+
+    def __init__(self, model: HSpaceUNet, num_steps: int = 50):
+        if not 1 <= num_steps <= model.num_train_timesteps:
+            raise ValueError(f"num_steps={num_steps} must be in [1, {model.num_train_timesteps}]")
+        # No clipping of the predicted x0: inversion must be invertible.
+        kwargs = dict(clip_sample=False, set_alpha_to_one=True, timestep_spacing="leading", steps_offset=0)
+        self.model = model
+        self.scheduler = DDIMScheduler.from_config(model.scheduler_config, **kwargs)
+        self.inverse = DDIMInverseScheduler.from_config(model.scheduler_config, **kwargs)
+        self.scheduler.set_timesteps(num_steps)
+        self.inverse.set_timesteps(num_steps)
+        self.num_steps = num_steps
+
+    @property
+    def timesteps(self) -> list[int]:
+        """Sampling timesteps, descending."""
+        return self.scheduler.timesteps.tolist()
+
+    def timestep_at(self, fraction: float) -> int:
+        """The schedule's timestep nearest to fraction * T (the papers' "t = 0.6T")."""
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"timestep {fraction} is outside the schedule: give a fraction of T in (0, 1], e.g. 0.6")
+        target = fraction * self.model.num_train_timesteps
+        return min(self.timesteps, key=lambda t: abs(t - target))
+
+    @torch.no_grad()
+    def invert(self, x0: Tensor) -> Tensor:
+        """x_0 -> x_T along the deterministic DDIM trajectory."""
+        x = x0
+        for t in self.inverse.timesteps:
+            x = self.inverse.step(self.model(x, t), t, x).prev_sample
+        return x
+
+    @torch.no_grad()
+    def sample(self, x: Tensor, start: int | None = None, stop: int = -1, edit: Edit | None = None) -> Tensor:
+        """Run the sampling steps with timesteps in (stop, start]: x_start -> x_stop.
+
+        start=None means from x_T; stop=-1 means down to the image x_0. So sample(x_T, stop=t) gives x_t.
+        """
+        for t in self.timesteps:
+            if (start is not None and t > start) or t <= stop:
+                continue
+            if edit is None or t > edit.start:
+                x = self.scheduler.step(self.model(x, t), t, x).prev_sample
+                continue
+            enc = self.model.encode(x, t)
+            eps_edit = self.model.decode(enc.h + edit.delta_h, enc)
+            x_next = self.scheduler.step(eps_edit, t, x).prev_sample
+            if edit.injection == "x0":  # replace the direction term's noise by the unedited prediction
+                x_next = x_next + self._direction_coefficient(t) * (self.model.decode(enc.h, enc) - eps_edit)
+            x = x_next
+        return x
+
+    def _direction_coefficient(self, t: int) -> float:
+        """sqrt(1 - alpha_bar_prev): the weight of the noise prediction in the DDIM direction term."""
+        prev = t - self.scheduler.config.num_train_timesteps // self.num_steps
+        alpha_prev = self.scheduler.alphas_cumprod[prev] if prev >= 0 else self.scheduler.final_alpha_cumprod
+        return float((1 - alpha_prev) ** 0.5)

@@ -1,0 +1,166 @@
+"""A frozen diffusers UNet2DModel split at its bottleneck: h-space is the mid-block output.
+
+The part before h (time embedding, down path, mid block) runs once per image and timestep;
+its skip activations are kept in an `Encoded` state so that Jacobian products and edits only
+run the part after h (up path and output head).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from torch import Tensor, nn
+
+# Models that need no download: name -> UNet2DModel config. Weights are drawn from a fixed seed,
+# so these exercise the whole pipeline but carry no semantics.
+BUILTIN_MODELS = {
+    "tiny-random": dict(
+        sample_size=32,
+        block_out_channels=(16, 32, 32),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=8,
+    ),
+}
+
+
+@dataclass
+class Encoded:
+    """What the part after h needs besides h itself."""
+
+    h: Tensor
+    skips: tuple[Tensor, ...]
+    emb: Tensor
+    timesteps: Tensor
+
+    def expand(self, batch: int) -> Encoded:
+        """The state of a batch-1 encoding repeated `batch` times, without copies."""
+
+        def rep(x: Tensor) -> Tensor:
+            return x.expand(batch, *x.shape[1:])
+
+        return Encoded(rep(self.h), tuple(rep(s) for s in self.skips), rep(self.emb), rep(self.timesteps))
+
+
+class HSpaceUNet(nn.Module):
+    """A frozen UNet2DModel with its noise schedule, split at h = mid_block output."""
+
+    def __init__(self, unet: UNet2DModel, scheduler_config: dict, name: str):
+        super().__init__()
+        self.unet = unet.eval().requires_grad_(False)
+        self.scheduler_config = dict(scheduler_config)
+        self.name = name
+        cfg = unet.config
+        down = 2 ** (len(cfg.block_out_channels) - 1)
+        self.h_shape = (cfg.block_out_channels[-1], cfg.sample_size // down, cfg.sample_size // down)
+        self.image_shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+        self.output_shape = (cfg.out_channels, cfg.sample_size, cfg.sample_size)
+        self.num_train_timesteps = int(self.scheduler_config.get("num_train_timesteps", 1000))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str) -> HSpaceUNet:
+        """Load a built-in model name, a local diffusers directory or a Hugging Face Hub id."""
+        if name_or_path in BUILTIN_MODELS:
+            torch.manual_seed(0)
+            return cls(UNet2DModel(**BUILTIN_MODELS[name_or_path]), DDPMScheduler().config, name_or_path)
+        if Path(name_or_path).is_dir():
+            return cls._from_local_dir(Path(name_or_path))
+        return cls._from_hub(name_or_path)
+
+    @classmethod
+    def _from_local_dir(cls, path: Path) -> HSpaceUNet:
+        unet_dir = path / "unet" if (path / "unet" / "config.json").is_file() else path
+        if not (unet_dir / "config.json").is_file():
+            raise FileNotFoundError(
+                f"'{path}' is not a diffusers UNet2DModel directory: no config.json in it or in its unet/ folder."
+            )
+        unet = UNet2DModel.from_pretrained(unet_dir)
+        for sched_dir in (path / "scheduler", path):
+            if (sched_dir / "scheduler_config.json").is_file():
+                return cls(unet, DDPMScheduler.from_pretrained(sched_dir).config, str(path))
+        # The DDPM papers' linear schedule, the default of every google/ddpm-* checkpoint.
+        return cls(unet, DDPMScheduler().config, str(path))
+
+    @classmethod
+    def _from_hub(cls, repo_id: str) -> HSpaceUNet:
+        from huggingface_hub import model_info, snapshot_download
+
+        how = (
+            f"Download it where there is network (`hf download {repo_id} --local-dir DIR`) and pass the "
+            "directory as the model (`--model.init_args.model DIR`), or point HF_HOME at a cache that holds it."
+        )
+        try:  # the local cache first: no network needed when the model was downloaded before
+            path = snapshot_download(repo_id, local_files_only=True)
+        except Exception:
+            if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+                raise OSError(f"Model '{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set. {how}")
+            try:  # fails within seconds where the Hub cannot be reached, instead of retrying each file
+                model_info(repo_id, timeout=10)
+            except Exception as err:
+                raise OSError(
+                    f"Model '{repo_id}' is neither a built-in model ({', '.join(BUILTIN_MODELS)}), a local directory, "
+                    f"nor reachable on the Hugging Face Hub ({type(err).__name__}: {err}). {how}"
+                ) from None
+            path = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin"])
+        model = cls._from_local_dir(Path(path))
+        model.name = repo_id
+        return model
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the architecture and a few weights: tells checkpoints apart cheaply."""
+        config = {k: v for k, v in self.unet.config.items() if not k.startswith("_")}
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+        for tensor in (self.unet.conv_in.weight, self.unet.conv_out.weight, self.unet.conv_out.bias):
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def encode(self, sample: Tensor, timestep: int | Tensor) -> Encoded:
+        """The part before h (UNet2DModel.forward, steps 0-4)."""
+        unet = self.unet
+        if unet.config.center_input_sample:
+            sample = 2 * sample - 1.0
+        timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
+        emb = unet.time_embedding(unet.time_proj(timesteps).to(dtype=unet.dtype))
+        if unet.class_embedding is not None:
+            raise ValueError("class-conditional UNets are not supported: h-space editing needs an unconditional model")
+        skip_sample = sample
+        sample = unet.conv_in(sample)
+        skips = (sample,)
+        for block in unet.down_blocks:
+            if hasattr(block, "skip_conv"):
+                sample, res, skip_sample = block(hidden_states=sample, temb=emb, skip_sample=skip_sample)
+            else:
+                sample, res = block(hidden_states=sample, temb=emb)
+            skips += res
+        h = unet.mid_block(sample, emb)
+        return Encoded(h, skips, emb, timesteps)
+
+    def decode(self, h: Tensor, enc: Encoded) -> Tensor:
+        """The part after h (UNet2DModel.forward, steps 5-6): the noise prediction."""
+        unet = self.unet
+        skips, skip_sample, sample = enc.skips, None, h
+        for block in unet.up_blocks:
+            res, skips = skips[-len(block.resnets) :], skips[: -len(block.resnets)]
+            if hasattr(block, "skip_conv"):
+                sample, skip_sample = block(sample, res, enc.emb, skip_sample)
+            else:
+                sample = block(sample, res, enc.emb)
+        sample = unet.conv_out(unet.conv_act(unet.conv_norm_out(sample)))
+        if skip_sample is not None:
+            sample = sample + skip_sample
+        if unet.config.time_embedding_type == "fourier":
+            sample = sample / enc.timesteps.reshape(-1, 1, 1, 1)
+        return sample
+
+    def forward(self, sample: Tensor, timestep: int | Tensor, delta_h: Tensor | None = None) -> Tensor:
+        """The noise prediction with h shifted by `delta_h` (broadcast over the batch)."""
+        enc = self.encode(sample, timestep)
+        return self.decode(enc.h if delta_h is None else enc.h + delta_h, enc)

@@ -1,0 +1,126 @@
+"""Jacobian subspace iteration (JIVE appendix, Algorithm 2; Haas et al.) without materialising the Jacobian.
+
+J is the Jacobian of the noise prediction with respect to h at a fixed x_t. It is only ever applied:
+J V by forward-mode products and J^T U by reverse-mode products, each batched over directions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from lit_hspace.hspace import Encoded, HSpaceUNet
+
+
+class JacobianOperator:
+    """J = d fn(h) / dh at h0, for a batch-independent fn, applied to batches of directions.
+
+    `chunk_size` bounds how many directions go through fn at once (memory grows linearly in it).
+    """
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], h0: Tensor, chunk_size: int = 64):
+        self.fn, self.h0, self.chunk_size = fn, h0, chunk_size
+        self.in_shape = tuple(h0.shape[1:])
+
+    @classmethod
+    def of_decoder(cls, model: HSpaceUNet, enc: Encoded, chunk_size: int = 64) -> JacobianOperator:
+        """The Jacobian of the part after h, at the h of a batch-1 encoding."""
+        return cls(lambda h: model.decode(h, enc.expand(h.shape[0])), enc.h, chunk_size)
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.in_shape)
+
+    def _chunked(self, op: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        return torch.cat([op(part) for part in x.split(self.chunk_size)])
+
+    def jvp(self, v: Tensor) -> Tensor:
+        """J v for each row of v: (b, *h_shape) -> (b, *out_shape)."""
+
+        def one_chunk(v: Tensor) -> Tensor:
+            # Fused attention kernels have no forward-AD formula; the math kernel does.
+            with sdpa_kernel(SDPBackend.MATH):
+                return torch.func.jvp(self.fn, (self.h0.expand_as(v).clone(),), (v,))[1]
+
+        return self._chunked(one_chunk, v)
+
+    def vjp(self, u: Tensor) -> Tensor:
+        """J^T u for each row of u: (b, *out_shape) -> (b, *h_shape)."""
+
+        def one_chunk(u: Tensor) -> Tensor:
+            _, pullback = torch.func.vjp(self.fn, self.h0.expand(u.shape[0], *self.in_shape))
+            return pullback(u)[0]
+
+        return self._chunked(one_chunk, u)
+
+
+@dataclass
+class TruncatedSVD:
+    """Top right singular vectors and singular values of one or several (masked) Jacobians."""
+
+    vectors: Tensor  # (m, k, n): k unit directions in flattened h-space for each of m masks
+    values: Tensor  # (m, k), descending
+    iterations: int
+    movement: float  # sine of the largest principal angle the subspace moved in the last iteration
+
+
+def principal_angle_sine(a: Tensor, b: Tensor) -> Tensor:
+    """Sine of the largest principal angle between the column spans of orthonormal a and b (batched)."""
+    cosines = torch.linalg.svdvals(a.transpose(-1, -2) @ b)
+    return (1 - cosines.amin(-1).clamp(max=1) ** 2).clamp(min=0).sqrt()
+
+
+def orient(vectors: Tensor) -> Tensor:
+    """Fix the sign of each vector (last dim) so that its largest-magnitude entry is positive."""
+    idx = vectors.abs().argmax(-1, keepdim=True)
+    return vectors * vectors.gather(-1, idx).sign()
+
+
+def subspace_iteration(
+    jac: JacobianOperator,
+    k: int,
+    masks: Tensor | None = None,
+    project_out: Tensor | None = None,
+    tol: float = 1e-3,
+    max_iter: int = 30,
+    generator: torch.Generator | None = None,
+) -> TruncatedSVD:
+    """Top-k right singular vectors of diag(mask_i) J for every mask at once, by subspace iteration.
+
+    masks: (m, 1 or C, H, W) weights on the output, or None for the whole output (m = 1).
+    project_out: (p, n) orthonormal rows; the search is restricted to their orthogonal complement,
+        i.e. the iteration runs on J P with P = I - project_out^T project_out.
+    Each iteration is one batched forward-mode product J V and one batched reverse-mode product
+    J^T (mask^2 * J V) over all m * k directions. It stops when the subspaces move less than `tol`
+    (sine of the largest principal angle) or after `max_iter` iterations.
+    """
+    n = jac.dim
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} directions asked for, but h-space has {n} dimensions: choose 1 <= k <= {n}.")
+    if masks is None:
+        masks = torch.ones(1, 1, 1, 1, device=jac.h0.device, dtype=jac.h0.dtype)
+    m = masks.shape[0]
+    weights = (masks**2).repeat_interleave(k, dim=0)
+
+    def project(v: Tensor) -> Tensor:  # (m, n, k), columns kept orthogonal to project_out
+        return v if project_out is None else v - project_out.T @ (project_out @ v)
+
+    start = torch.randn(m, n, k, generator=generator, dtype=torch.float64).to(jac.h0)
+    basis = torch.linalg.qr(project(start)).Q
+    movement, values_sq = math.inf, None
+    for iteration in range(1, max_iter + 1):
+        directions = basis.transpose(1, 2).reshape(m * k, *jac.in_shape)
+        pulled = jac.vjp(weights * jac.jvp(directions))  # J^T M^2 J V
+        pulled = project(pulled.reshape(m, k, n).transpose(1, 2))
+        new_basis, values_sq, _ = torch.linalg.svd(pulled, full_matrices=False)
+        movement = principal_angle_sine(basis, new_basis).max().item()
+        basis = new_basis
+        if movement < tol:
+            break
+    vectors = orient(basis.transpose(1, 2))
+    return TruncatedSVD(vectors, values_sq.clamp(min=0).sqrt(), iteration, movement)

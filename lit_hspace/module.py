@@ -1,0 +1,226 @@
+"""The LightningModule: discovers direction sets in predict steps, edits and measures in test steps.
+
+Data flows one way: image (or seed) -> x_T (DDIM inversion) -> x_t -> Jacobian at h -> directions
+-> edited samples -> metrics. Files are written by `RunWriter`, not here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, get_args
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from lit_hspace.ddim import DDIM, Edit, Injection
+from lit_hspace.directions import DirectionSet, find_direction_set
+from lit_hspace.hspace import HSpaceUNet
+from lit_hspace.jacobian import JacobianOperator
+from lit_hspace.methods import RBE, DiscoveryMethod
+from lit_hspace.metrics import MaskedMSE, masked_mse
+from lit_hspace.regions import Region, region_masks, resolve_regions
+
+
+class HSpaceEditor(L.LightningModule):
+    """Local h-space directions of a frozen diffusers UNet, and edits along them.
+
+    Args:
+        model: a built-in model name, a local diffusers UNet2DModel directory, or a Hugging Face Hub id.
+        method: the discovery method (`Haas`, `JIVE` or `RBE`, from lit_hspace.methods).
+        regions: region names of `region_preset`, or regions with a box or a mask file.
+        region_preset: the preset that region names are looked up in ("celebahq", "church").
+        timestep: where the Jacobian is taken and edits start, as a fraction of T (the papers: 0.6).
+        num_steps: DDIM steps for inversion and sampling.
+        strengths: edit strengths a (h <- h + a v); the grid has one column per strength.
+        edit_directions: how many directions of each group (region) to edit and show, in order.
+        injection: "x0_and_direction" (Haas et al.) or "x0" (Asyrp).
+        directions: a direction set file, or a folder of them (`<image id>.safetensors`), to edit with
+            instead of discovering; by default, sets that earlier runs of this experiment stored for the
+            same settings are reused, and missing ones are discovered.
+        chunk_size: directions per batched Jacobian product (memory grows linearly with it).
+        edit_batch_size: edited images sampled at once.
+        seed: seed of the subspace iterations' random start.
+    """
+
+    def __init__(
+        self,
+        model: str = "google/ddpm-ema-celebahq-256",
+        method: DiscoveryMethod | None = None,
+        regions: list[Region | str] | None = None,
+        region_preset: str | None = "celebahq",
+        timestep: float = 0.6,
+        num_steps: int = 50,
+        strengths: list[float] | None = None,
+        edit_directions: int = 3,
+        injection: Injection = "x0_and_direction",
+        directions: str | None = None,
+        chunk_size: int = 64,
+        edit_batch_size: int = 16,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if injection not in get_args(Injection):
+            raise ValueError(f"injection '{injection}' is not one of {get_args(Injection)}")
+        if not 0.0 < timestep <= 1.0:
+            raise ValueError(f"timestep {timestep} is outside the schedule: give a fraction of T in (0, 1], e.g. 0.6")
+        if directions is not None and not Path(directions).exists():
+            raise FileNotFoundError(f"directions '{directions}' does not exist (a direction set file or a folder of them)")
+        self.method = method if method is not None else RBE()
+        self.regions = resolve_regions(regions if regions is not None else ["mouth"], region_preset)
+        self.strengths = list(strengths) if strengths is not None else [-50.0, -25.0, 0.0, 25.0, 50.0]
+        self.edit_directions, self.injection, self.directions_path = edit_directions, injection, directions
+        self.chunk_size, self.edit_batch_size, self.seed = chunk_size, edit_batch_size, seed
+
+        self.hspace = HSpaceUNet.from_pretrained(model)
+        self.ddim = DDIM(self.hspace, num_steps)
+        self.timestep, self.t = timestep, self.ddim.timestep_at(timestep)
+        self.image_size = self.hspace.image_shape[-1]
+        self.register_buffer("masks", region_masks(self.regions, self.hspace.output_shape[-1]), persistent=False)
+        self.method.check(self.regions, self.masks, math.prod(self.hspace.h_shape))
+        self.mse = nn.ModuleDict({part: MaskedMSE(part) for part in ("whole", "inside", "outside")})
+
+    def configure_callbacks(self):
+        from lit_hspace.callbacks import RunWriter
+
+        return [RunWriter()]
+
+    # -- discovery ---------------------------------------------------------------------------
+
+    def discovery_meta(self, image_id: str) -> dict[str, Any]:
+        return {
+            "model": self.hspace.name,
+            "model_fingerprint": self.hspace.fingerprint,
+            "h_shape": list(self.hspace.h_shape),
+            "timestep": self.timestep,
+            "t": self.t,
+            "num_steps": self.ddim.num_steps,
+            "method": self.method.name,
+            "method_params": self.method.params(),
+            "regions": [asdict(r) for r in self.regions],
+            "seed": self.seed,
+            "image": image_id,
+        }
+
+    def x_t(self, batch: dict) -> tuple[Tensor, Tensor | None]:
+        """(x_t, the input images or None for seeds): invert the images, or draw x_T from the seeds, then
+        denoise to the edit timestep (JIVE appendix, Algorithm 1, lines 2-3)."""
+        if "image" in batch:
+            x_T = self.ddim.invert(batch["image"])
+        else:
+            noise = [torch.randn(self.hspace.image_shape, generator=torch.Generator().manual_seed(int(s))) for s in batch["seed"]]
+            x_T = torch.stack(noise).to(self.device)
+        return self.ddim.sample(x_T, stop=self.t), batch.get("image")
+
+    def discover(self, x_t: Tensor, image_id: str) -> DirectionSet:
+        """One image's direction set: subspace iteration(s) on the Jacobian of the part after h at x_t."""
+        with torch.enable_grad():
+            enc = self.hspace.encode(x_t, self.t)
+            jac = JacobianOperator.of_decoder(self.hspace, enc, self.chunk_size)
+            found = self.method.discover(jac, self.regions, self.masks, torch.Generator().manual_seed(self.seed))
+        vectors = found.vectors.reshape(-1, *self.hspace.h_shape)
+        meta = {**self.discovery_meta(image_id), "convergence": found.info}
+        return DirectionSet(vectors, found.values, found.labels, x_t.detach(), meta)
+
+    def _check_grad_mode(self) -> None:
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("Jacobian products cannot run under torch.inference_mode(): use Trainer(inference_mode=False)")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[DirectionSet]:
+        self._check_grad_mode()
+        x_t, _ = self.x_t(batch)
+        return [self.discover(x_t[i : i + 1], image_id) for i, image_id in enumerate(batch["id"])]
+
+    # -- editing -----------------------------------------------------------------------------
+
+    def on_test_start(self) -> None:
+        self._check_grad_mode()
+        self._given_sets: dict[str, DirectionSet] = {}
+        if self.directions_path is not None:  # load and check all given sets before any compute
+            path = Path(self.directions_path)
+            files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+            for file in files:
+                stored = DirectionSet.load(file)
+                stored.check_fits(self.hspace)
+                self._given_sets[file.stem] = stored
+
+    def stored_set(self, image_id: str) -> DirectionSet | None:
+        """A given set (one file applies to every image), or one an earlier run stored for the same settings."""
+        if len(self._given_sets) == 1 and Path(self.directions_path).is_file():
+            return next(iter(self._given_sets.values()))
+        if self.directions_path is not None:
+            return self._given_sets.get(image_id)
+        log_dir = Path(self.trainer.log_dir or ".")
+        earlier = [d for d in log_dir.parent.glob("*") if d.is_dir() and d != log_dir]
+        return find_direction_set(earlier, image_id, self.discovery_meta(image_id))
+
+    def mask_of(self, label: str) -> Tensor:
+        """(1, 1, H, W): a region's mask, the union for joint or combined labels, everything for global."""
+        names = [r.name for r in self.regions]
+        if label in names:
+            return self.masks[names.index(label)][None]
+        if label == "global" or not names:
+            return torch.ones_like(self.masks[:1])
+        return self.masks.amax(0, keepdim=True)
+
+    def picked(self, dset: DirectionSet) -> list[int]:
+        """The first `edit_directions` directions of each group; joint ones only when nothing else exists."""
+        groups = [g for g in dset.groups if g != "joint"] or dset.groups
+        return [i for g in groups for i in dset.indices(g)[: self.edit_directions]]
+
+    def edit(self, x_t: Tensor, directions: Tensor) -> Tensor:
+        """(D, S, C, H, W): x_t sampled to x_0 with h + a v for every direction v and strength a."""
+        strengths = torch.tensor(self.strengths, device=self.device, dtype=directions.dtype)
+        deltas = (strengths[None, :, None, None, None] * directions[:, None]).flatten(0, 1)
+        out = [
+            self.ddim.sample(x_t.expand(len(d), -1, -1, -1), start=self.t, edit=Edit(d, self.t, self.injection))
+            for d in deltas.split(self.edit_batch_size)
+        ]
+        return torch.cat(out).unflatten(0, (len(directions), len(self.strengths)))
+
+    def test_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        self._check_grad_mode()
+        stored = {image_id: self.stored_set(image_id) for image_id in batch["id"]}
+        needs_x_t = [s is None or s.meta.get("image") != i for i, s in stored.items()]
+        x_t, originals = self.x_t(batch) if any(needs_x_t) else (None, batch.get("image"))
+        results = []
+        for i, image_id in enumerate(batch["id"]):
+            dset, discovered = stored[image_id], False
+            if dset is None:
+                dset, discovered = self.discover(x_t[i : i + 1], image_id), True
+            image_x_t = x_t[i : i + 1] if needs_x_t[i] else dset.x_t.to(self.device)
+            picks = self.picked(dset)
+            reference = self.ddim.sample(image_x_t, start=self.t)
+            edits = self.edit(image_x_t, dset.directions[picks].to(self.device))
+            rows = self.measure(image_id, dset, picks, edits, reference)
+            original = originals[i : i + 1] if originals is not None else reference
+            results.append(
+                dict(
+                    id=image_id,
+                    directions=dset if discovered else None,
+                    original=original[0],
+                    edits=edits,
+                    masks=torch.cat([self.mask_of(dset.labels[j]) for j in picks]),
+                    rows=rows,
+                )
+            )
+        return results
+
+    def measure(self, image_id: str, dset: DirectionSet, picks: list[int], edits: Tensor, reference: Tensor) -> list[dict]:
+        """Update the MSE metrics (images in [0, 1], edit against the unedited sample) and return one row per edit."""
+        to_unit = lambda x: (x.clamp(-1, 1) + 1) / 2  # noqa: E731
+        rows = []
+        for row, j in enumerate(picks):
+            mask = self.mask_of(dset.labels[j])
+            for col, strength in enumerate(self.strengths):
+                edited, ref = to_unit(edits[row, col : col + 1]), to_unit(reference)
+                values = {f"mse_{part}": masked_mse(edited, ref, mask, part).item() for part in self.mse}
+                if strength != 0:  # strength 0 is the reference itself
+                    for metric in self.mse.values():
+                        metric.update(edited, ref, mask)
+                rows.append(dict(image=image_id, direction=j, label=dset.labels[j], strength=strength, **values))
+        for part, metric in self.mse.items():
+            self.log(f"test/mse_{part}", metric, on_step=False, on_epoch=True, batch_size=1)
+        return rows
