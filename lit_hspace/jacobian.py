@@ -70,9 +70,11 @@ class TruncatedSVD:
 
 
 def principal_angle_sine(a: Tensor, b: Tensor) -> Tensor:
-    """Sine of the largest principal angle between the column spans of orthonormal a and b (batched)."""
-    cosines = torch.linalg.svdvals(a.transpose(-1, -2) @ b)
-    return (1 - cosines.amin(-1).clamp(max=1) ** 2).clamp(min=0).sqrt()
+    """Sine of the largest principal angle between the column spans of orthonormal a and b (batched).
+
+    Computed as ||(I - a a^T) b||_2, which, unlike sqrt(1 - cos^2), stays accurate for small angles.
+    """
+    return torch.linalg.matrix_norm(b - a @ (a.transpose(-1, -2) @ b), ord=2)
 
 
 def orient(vectors: Tensor) -> Tensor:

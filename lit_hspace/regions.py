@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,8 +87,8 @@ class Region:
         x0, y0, x1, y1 = self.box
         mask = torch.zeros(1, size, size)
         # Every pixel the box touches is inside, so a small box never vanishes at low resolution.
-        rows = slice(int(y0 * size), max(int(y0 * size) + 1, -int(-y1 * size)))
-        cols = slice(int(x0 * size), max(int(x0 * size) + 1, -int(-x1 * size)))
+        rows = slice(math.floor(y0 * size), max(math.floor(y0 * size) + 1, math.ceil(y1 * size)))
+        cols = slice(math.floor(x0 * size), max(math.floor(x0 * size) + 1, math.ceil(x1 * size)))
         mask[:, rows, cols] = 1.0
         return mask
 

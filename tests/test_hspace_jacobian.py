@@ -1,0 +1,81 @@
+"""The h-space split and the Jacobian subspace iteration, against an explicitly computed Jacobian."""
+
+import pytest
+import torch
+
+from lit_hspace.jacobian import JacobianOperator, principal_angle_sine, subspace_iteration
+from lit_hspace.regions import Region
+
+
+@pytest.fixture(scope="module")
+def encoded(tiny_model):
+    x_t = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    return tiny_model.encode(x_t, 600)
+
+
+@pytest.fixture(scope="module")
+def explicit_jacobian(tiny_model, encoded):
+    """d eps / d h of the part after h as a (3*16*16, 16*8*8) matrix, by torch.autograd.functional.jacobian."""
+    fn = lambda h: tiny_model.decode(h[None], encoded)[0]  # noqa: E731
+    return torch.autograd.functional.jacobian(fn, encoded.h[0]).reshape(3 * 16 * 16, -1)
+
+
+def test_split_reproduces_the_unet(tiny_model):
+    """decode(encode(x)) is the UNet's own forward, and a shift of h changes the output."""
+    x = torch.randn(2, 3, 16, 16)
+    expected = tiny_model.unet(x, 321).sample
+    assert torch.equal(tiny_model(x, 321), expected)
+    assert not torch.allclose(tiny_model(x, 321, delta_h=torch.ones(tiny_model.h_shape)), expected)
+
+
+def test_products_match_explicit_jacobian(tiny_model, encoded, explicit_jacobian):
+    """Batched forward-mode (through attention) and reverse-mode products equal J v and J^T u."""
+    jac = JacobianOperator.of_decoder(tiny_model, encoded, chunk_size=2)  # chunking exercised too
+    v = torch.randn(5, *tiny_model.h_shape)
+    u = torch.randn(5, 3, 16, 16)
+    torch.testing.assert_close(jac.jvp(v).flatten(1), v.flatten(1) @ explicit_jacobian.T, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(jac.vjp(u).flatten(1), u.flatten(1) @ explicit_jacobian, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_subspace_iteration_matches_svd(tiny_model, encoded, explicit_jacobian, masked):
+    """Singular values and the top-k right singular subspace agree with an SVD of the explicit (masked) Jacobian."""
+    k = 3
+    mask = Region("mouth", (0.25, 0.5, 0.75, 0.9)).to_mask(16)[None] if masked else None
+    weights = mask.expand(1, 3, 16, 16).reshape(-1, 1) if masked else 1.0
+    _, s, vh = torch.linalg.svd(weights * explicit_jacobian, full_matrices=False)
+    assert s[k - 1] / s[k] > 1.02, "the test needs a spectral gap at k"
+
+    jac = JacobianOperator.of_decoder(tiny_model, encoded)
+    result = subspace_iteration(jac, k, mask, tol=1e-4, max_iter=400, generator=torch.Generator().manual_seed(0))
+    assert result.movement < 1e-4 and result.iterations < 400
+    torch.testing.assert_close(result.values[0], s[:k], rtol=1e-4, atol=0)
+    assert principal_angle_sine(result.vectors[0].T, vh[:k].T).item() < 1e-2
+    # Unit directions, each a right singular vector up to sign.
+    torch.testing.assert_close(result.vectors[0] @ result.vectors[0].T, torch.eye(k), atol=1e-5, rtol=0)
+    assert (result.vectors[0] * vh[:k]).sum(1).abs().min() > 0.99
+
+
+def test_several_masks_in_one_batch_equal_separate_runs(tiny_model, encoded):
+    """Stacking regions in one batched iteration gives each region's own result."""
+    masks = torch.stack([Region("a", (0, 0, 0.5, 0.5)).to_mask(16), Region("b", (0.5, 0.5, 1, 1)).to_mask(16)])
+    jac = JacobianOperator.of_decoder(tiny_model, encoded)
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    both = subspace_iteration(jac, 2, masks, tol=0, max_iter=15, generator=gen())
+    for i in range(2):
+        alone = subspace_iteration(jac, 2, masks[i : i + 1], tol=0, max_iter=15, generator=torch.Generator().manual_seed(3))
+        torch.testing.assert_close(both.values[i], alone.values[0], rtol=1e-3, atol=0)
+
+
+def test_reproducible_from_seed_and_stops_on_movement(tiny_model, encoded):
+    jac = JacobianOperator.of_decoder(tiny_model, encoded)
+    a = subspace_iteration(jac, 2, tol=0.05, max_iter=200, generator=torch.Generator().manual_seed(7))
+    b = subspace_iteration(jac, 2, tol=0.05, max_iter=200, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a.vectors, b.vectors)
+    assert a.movement < 0.05 and a.iterations < 200
+
+
+def test_k_larger_than_h_space(tiny_model, encoded):
+    jac = JacobianOperator.of_decoder(tiny_model, encoded)
+    with pytest.raises(ValueError, match="k=2000 directions"):
+        subspace_iteration(jac, 2000)

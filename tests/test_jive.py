@@ -1,0 +1,127 @@
+"""JIVE on a planted joint + individual structure, rank checks and the stopping rule."""
+
+import pytest
+import torch
+
+from lit_hspace.jacobian import principal_angle_sine
+from lit_hspace.jive import check_ranks, jive
+
+N_BLOCKS, K, N = 3, 12, 200
+R_C, R_A = 4, 2
+JOINT_STRENGTHS = torch.tensor([10.0, 9.0, 8.0, 7.0], dtype=torch.float64)
+INDIV_STRENGTHS = torch.tensor([5.0, 4.0], dtype=torch.float64)
+
+
+def planted(seed: int = 0, noise: float = 1e-3):
+    """Blocks X_i = U_i S_j Vj + W_i S_a V_i + noise, with Vj and all V_i mutually orthonormal rows."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.linalg.qr(torch.randn(N, R_C + N_BLOCKS * R_A, generator=g, dtype=torch.float64)).Q
+    vj = q[:, :R_C].T
+    vis = [q[:, R_C + i * R_A : R_C + (i + 1) * R_A].T for i in range(N_BLOCKS)]
+    blocks = []
+    for vi in vis:
+        u = torch.randn(K, R_C, generator=g, dtype=torch.float64)
+        w = torch.randn(K, R_A, generator=g, dtype=torch.float64)
+        e = torch.randn(K, N, generator=g, dtype=torch.float64)
+        blocks.append(u @ torch.diag(JOINT_STRENGTHS) @ vj + w @ torch.diag(INDIV_STRENGTHS) @ vi + noise * e)
+    return blocks, vj, vis
+
+
+@pytest.fixture(scope="module")
+def fit():
+    blocks, vj, vis = planted()
+    return jive(blocks, R_C, R_A), vj, vis
+
+
+def test_recovers_planted_joint_space(fit):
+    """The joint row space found is the planted one (largest principal angle sine < 1e-2)."""
+    res, vj, _ = fit
+    assert res.joint.shape == (R_C, N)
+    assert principal_angle_sine(res.joint.T, vj.T) < 1e-2
+
+
+@pytest.mark.parametrize("block", range(N_BLOCKS))
+def test_recovers_planted_individual_spaces(fit, block):
+    """Each block's individual row space is its planted one, not another block's."""
+    res, _, vis = fit
+    assert res.individual[block].shape == (R_A, N)
+    assert principal_angle_sine(res.individual[block].T, vis[block].T) < 1e-2
+    other = vis[(block + 1) % N_BLOCKS]
+    assert principal_angle_sine(res.individual[block].T, other.T) > 0.99
+
+
+def test_individual_orthogonal_to_joint_and_rows_orthonormal(fit):
+    """Individual bases are orthogonal to the joint basis; every basis has orthonormal rows."""
+    res, _, _ = fit
+    assert torch.allclose(res.joint @ res.joint.T, torch.eye(R_C, dtype=torch.float64), atol=1e-10)
+    for ind in res.individual:
+        assert (ind @ res.joint.T).abs().max() < 1e-6
+        assert torch.allclose(ind @ ind.T, torch.eye(R_A, dtype=torch.float64), atol=1e-10)
+
+
+def test_singular_values_descending_positive(fit):
+    """joint_values and individual_values are positive and sorted in decreasing order."""
+    res, _, _ = fit
+    for values, rank in [(res.joint_values, R_C)] + [(v, R_A) for v in res.individual_values]:
+        assert values.shape == (rank,)
+        assert (values > 0).all()
+        assert (values[:-1] >= values[1:]).all()
+
+
+def test_noiseless_fit_converges_to_planted_components():
+    """Without noise and with a tight tol, the values are those of the planted C and each W_i S_a V_i."""
+    blocks, vj, vis = planted(seed=3, noise=0.0)
+    res = jive(blocks, R_C, R_A, tol=1e-16, max_iter=300)
+    assert res.iterations < 300
+    assert principal_angle_sine(res.joint.T, vj.T) < 1e-6
+    joint_part = torch.cat(blocks) @ vj.T @ vj
+    assert torch.allclose(res.joint_values, torch.linalg.svdvals(joint_part)[:R_C], rtol=1e-6)
+    for x, vi, values in zip(blocks, vis, res.individual_values):
+        assert torch.allclose(values, torch.linalg.svdvals(x @ vi.T), rtol=1e-6)
+
+
+def test_keeps_input_dtype():
+    """float32 blocks give float32 results that still find the planted joint space."""
+    blocks, vj, _ = planted(seed=1)
+    res = jive([b.float() for b in blocks], R_C, R_A)
+    assert res.joint.dtype == torch.float32 and res.individual[0].dtype == torch.float32
+    assert principal_angle_sine(res.joint.double().T, vj.T) < 1e-2
+
+
+@pytest.mark.parametrize(
+    "rank_joint, rank_individual, match",
+    [(N_BLOCKS * K + 1, R_A, "r_C=37"), (R_C, K + 1, "r_A=13"), (R_C, 0, "r_A=0")],
+)
+def test_bad_ranks_raise_before_compute(monkeypatch, rank_joint, rank_individual, match):
+    """Ranks the blocks cannot carry raise ValueError naming the value, before any decomposition."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError("decomposition ran before the rank check")
+
+    monkeypatch.setattr(torch.linalg, "qr", boom)
+    monkeypatch.setattr(torch.linalg, "svd", boom)
+    blocks = [torch.ones(K, N, dtype=torch.float64)] * N_BLOCKS
+    with pytest.raises(ValueError, match=match):
+        jive(blocks, rank_joint, rank_individual)
+
+
+def test_check_ranks_uses_smallest_block():
+    """r_A is bounded by the smallest block's rows, r_C by the total; the bounds are inclusive."""
+    check_ranks([5, 3], 8, 3)
+    with pytest.raises(ValueError, match=r"r_A=4.*k=3"):
+        check_ranks([5, 3], 2, 4)
+    with pytest.raises(ValueError, match=r"r_C=9.*= 8"):
+        check_ranks([5, 3], 9, 1)
+
+
+def test_tol_zero_runs_exactly_max_iter():
+    """With tol=0 the loop cannot stop early: it runs exactly max_iter iterations."""
+    blocks, _, _ = planted(seed=2)
+    assert jive(blocks, R_C, R_A, tol=0.0, max_iter=3).iterations == 3
+
+
+def test_default_tol_stops_early():
+    """On the well-separated planted problem the default tolerance stops long before max_iter."""
+    blocks, _, _ = planted(seed=2)
+    res = jive(blocks, R_C, R_A, max_iter=500)
+    assert 2 <= res.iterations < 50

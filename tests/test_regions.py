@@ -1,0 +1,140 @@
+"""Regions: box masks, presets, mask files and the errors for bad regions."""
+
+import re
+
+import pytest
+import torch
+from PIL import Image
+
+from lit_hspace.regions import PRESETS, Region, region_masks, resolve_regions
+
+
+def hand_mask(size, rows, cols):
+    mask = torch.zeros(1, size, size)
+    mask[:, rows, cols] = 1.0
+    return mask
+
+
+def test_box_mask_covers_exact_pixels():
+    """Box (0.25, 0.5, 0.75, 1.0) at 16 px is ones exactly at rows 8..15, cols 4..11."""
+    mask = Region("m", (0.25, 0.5, 0.75, 1.0)).to_mask(16)
+    assert torch.equal(mask, hand_mask(16, slice(8, 16), slice(4, 12)))
+
+
+def test_box_mask_includes_partially_touched_pixels():
+    """A box edge inside a pixel includes that pixel: (0.1, 0.3, 0.45, 0.55) at 10 px -> rows 3..5, cols 1..4."""
+    mask = Region("m", (0.1, 0.3, 0.45, 0.55)).to_mask(10)
+    assert torch.equal(mask, hand_mask(10, slice(3, 6), slice(1, 5)))
+
+
+def test_tiny_box_never_vanishes():
+    """A box smaller than a pixel still covers exactly one pixel, the one it lies in."""
+    mask = Region("m", (0.5, 0.5, 0.51, 0.51)).to_mask(8)
+    assert mask.sum() == 1
+    assert mask[0, 4, 4] == 1
+
+
+def test_region_masks_stacks_in_order():
+    """region_masks stacks one mask per region, in the given order."""
+    regions = [Region("a", (0.0, 0.0, 0.5, 0.5)), Region("b", (0.5, 0.5, 1.0, 1.0))]
+    masks = region_masks(regions, 4)
+    expected = torch.stack([hand_mask(4, slice(0, 2), slice(0, 2)), hand_mask(4, slice(2, 4), slice(2, 4))])
+    assert torch.equal(masks, expected)
+
+
+def test_preset_names_resolve_to_preset_boxes():
+    """Plain names take their box from the preset; explicit boxes pass through unchanged."""
+    resolved = resolve_regions(["mouth", "eyes", Region("own", (0.1, 0.2, 0.3, 0.4))], "celebahq")
+    assert [r.name for r in resolved] == ["mouth", "eyes", "own"]
+    assert resolved[0].box == PRESETS["celebahq"]["mouth"]
+    assert resolved[1].box == PRESETS["celebahq"]["eyes"]
+    assert resolved[2].box == (0.1, 0.2, 0.3, 0.4)
+
+
+@pytest.mark.parametrize(
+    "preset, names", [("celebahq", ["eyes", "mouth", "nose", "brows", "hair"]), ("church", ["windows", "door"])]
+)
+def test_presets_have_expected_regions_with_valid_boxes(preset, names):
+    """The presets hold the documented regions, and every preset box validates."""
+    assert set(names) <= set(PRESETS[preset])
+    for name in PRESETS[preset]:
+        assert resolve_regions([name], preset)[0].box == PRESETS[preset][name]
+
+
+def test_mask_file_resized_to_output(tmp_path):
+    """A 64 px mask with a white top-left quarter becomes ones exactly in rows 0..7, cols 0..7 at 16 px."""
+    pixels = Image.new("L", (64, 64), 0)
+    pixels.paste(255, (0, 0, 32, 32))
+    path = tmp_path / "sq.png"
+    pixels.save(path)
+    region = resolve_regions([Region("sq", mask=str(path))], None)[0]
+    assert torch.equal(region.to_mask(16), hand_mask(16, slice(0, 8), slice(0, 8)))
+
+
+def test_rgb_mask_file_bottom_right(tmp_path):
+    """An RGB mask with a white bottom-right quarter maps to rows 8..15, cols 8..15; dark pixels stay out."""
+    pixels = Image.new("RGB", (64, 64), (40, 40, 40))
+    pixels.paste((255, 255, 255), (32, 32, 64, 64))
+    path = tmp_path / "br.png"
+    pixels.save(path)
+    assert torch.equal(Region("br", mask=str(path)).to_mask(16), hand_mask(16, slice(8, 16), slice(8, 16)))
+
+
+@pytest.mark.parametrize(
+    "box, match",
+    [
+        ((0.2, 0.2, 1.3, 0.5), r"1\.3.*in \[0, 1\]"),
+        ((-0.1, 0.2, 0.3, 0.5), r"-0\.1.*in \[0, 1\]"),
+        ((0.4, 0.2, 0.4, 0.5), r"\(0\.4, 0\.2, 0\.4, 0\.5\) has zero area"),
+        ((0.1, 0.6, 0.4, 0.5), r"\(0\.1, 0\.6, 0\.4, 0\.5\) has zero area"),
+    ],
+)
+def test_bad_box_raises(box, match):
+    """Boxes outside [0, 1] or without area are refused, naming the box."""
+    with pytest.raises(ValueError, match=match):
+        resolve_regions([Region("bad", box)], None)
+
+
+def test_unknown_name_lists_presets():
+    """A name that is not in the preset raises, naming it and listing the presets' regions."""
+    with pytest.raises(ValueError, match=r"'chin' .* preset 'celebahq' \(presets: celebahq: hair.*church: sky"):
+        resolve_regions(["chin"], "celebahq")
+    with pytest.raises(ValueError, match=r"'eyes' .* preset 'None'"):
+        resolve_regions(["eyes"], None)
+
+
+def test_missing_mask_file_raises(tmp_path):
+    """A mask path that does not exist raises FileNotFoundError naming the path."""
+    path = tmp_path / "nowhere.png"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(path))):
+        resolve_regions([Region("m", mask=str(path))], None)
+
+
+def test_non_image_mask_file_raises(tmp_path):
+    """A mask file that is not an image raises ValueError naming the file."""
+    path = tmp_path / "fake.png"
+    path.write_bytes(b"not an image at all")
+    with pytest.raises(ValueError, match=re.escape(f"'{path}' is not an image")):
+        Region("m", mask=str(path)).to_mask(16)
+
+
+def test_empty_mask_file_raises(tmp_path):
+    """An all-black mask is refused instead of giving an empty region."""
+    path = tmp_path / "black.png"
+    Image.new("L", (32, 32), 0).save(path)
+    with pytest.raises(ValueError, match=re.escape(f"mask '{path}' is empty at 16 x 16")):
+        Region("m", mask=str(path)).to_mask(16)
+
+
+def test_box_and_mask_together_raise(tmp_path):
+    """A region with both a box and a mask file is refused."""
+    path = tmp_path / "m.png"
+    Image.new("L", (8, 8), 255).save(path)
+    with pytest.raises(ValueError, match="region 'both': give a box or a mask file, not both"):
+        resolve_regions([Region("both", (0.1, 0.1, 0.5, 0.5), mask=str(path))], None)
+
+
+def test_duplicate_names_raise():
+    """Two regions with the same name are refused, listing the names."""
+    with pytest.raises(ValueError, match=re.escape("distinct, got ['eyes', 'mouth', 'eyes']")):
+        resolve_regions(["eyes", "mouth", Region("eyes", (0.1, 0.1, 0.2, 0.2))], "celebahq")
