@@ -1,0 +1,187 @@
+"""End to end through the CLI, in-process, on a small model saved with save_pretrained; and bad input."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from lit_hspace.cli import main
+from lit_hspace.data import HSpaceData
+from lit_hspace.directions import DirectionSet
+from lit_hspace.methods import JIVE, Haas
+from lit_hspace.regions import Region
+from lit_hspace.module import HSpaceEditor
+
+STRENGTHS = [-40.0, 0.0, 40.0]
+
+
+@pytest.fixture
+def face_png(tmp_path):
+    path = tmp_path / "face.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(path)  # not square, not 16 px
+    return path
+
+
+def write_config(tmp_path, model_dir, method, data, regions=("mouth",), name="exp"):
+    config = {
+        "model": {
+            "class_path": "lit_hspace.module.HSpaceEditor",
+            "init_args": {
+                "model": str(model_dir),
+                "method": method,
+                "regions": list(regions),
+                "timestep": 0.6,
+                "num_steps": 5,
+                "strengths": STRENGTHS,
+                "edit_directions": 2,
+            },
+        },
+        "data": {"class_path": "lit_hspace.data.HSpaceData", "init_args": data},
+        "trainer": {
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path / "runs"), "name": name}},
+            "enable_progress_bar": False,
+        },
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def read_png(path) -> torch.Tensor:
+    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
+
+
+def test_predict_then_test_reuses_directions_and_writes_a_run(tmp_path, tiny_model_dir, face_png):
+    rbe = {"class_path": "lit_hspace.methods.RBE", "init_args": {"k": 3, "n_outside": 2, "max_iter": 4}}
+    config = write_config(tmp_path, tiny_model_dir, rbe, {"images": [str(face_png)]})
+    main(["predict", "--config", str(config)])
+    run0 = tmp_path / "runs" / "exp" / "version_0"
+    stored = DirectionSet.load(run0 / "directions" / "face.safetensors")
+    assert stored.directions.shape == (3, 16, 8, 8) and stored.labels == ["mouth"] * 3
+    torch.testing.assert_close(stored.directions.flatten(1).norm(dim=1), torch.ones(3))
+    assert stored.meta["method"] == "rbe" and stored.meta["t"] == 600 and stored.meta["image"] == "face"
+    assert (run0 / "config.yaml").is_file()
+
+    main(["test", "--config", str(config)])
+    run1 = tmp_path / "runs" / "exp" / "version_1"
+    assert not (run1 / "directions").exists(), "test must reuse the set predict stored, not discover again"
+    assert (run0 / "directions" / "face.safetensors").is_file()  # the earlier run is untouched
+
+    grid = Image.open(run1 / "grids" / "face.png")
+    assert grid.size == (4 * 16 + 5 * 2, 2 * 16 + 3 * 2)  # 2 directions x (original + 3 strengths), 2 px padding
+    with open(run1 / "edits.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * len(STRENGTHS)
+    # Each row's MSE, recomputed from the written PNGs (8-bit, hence the tolerance).
+    images = run1 / "images" / "face"
+    mask = torch.zeros(1, 16, 16)
+    mask[:, 10:14, 5:11] = 1  # celebahq mouth box (0.33, 0.67, 0.67, 0.82) at 16 px
+    for row in rows:
+        d = int(row["direction"])
+        edited = read_png(images / f"d{d:02d}_mouth_a{float(row['strength']):+g}.png")
+        reference = read_png(images / f"d{d:02d}_mouth_a+0.png")
+        inside = ((edited - reference) ** 2 * mask).sum() / (3 * mask.sum())
+        assert abs(float(row["mse_inside"]) - inside.item()) < 2e-4 + 0.02 * inside.item()
+    metrics = json.loads((run1 / "metrics.json").read_text())
+    edited_rows = [r for r in rows if float(r["strength"]) != 0]
+    for part in ("whole", "inside", "outside"):
+        expected = np.mean([float(r[f"mse_{part}"]) for r in edited_rows])
+        assert metrics[f"test/mse_{part}"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["test/mse_inside"] > 0
+
+
+def test_jive_in_test_discovers_and_stores_per_region_directions(tmp_path, tiny_model_dir):
+    jive = {"class_path": "lit_hspace.methods.JIVE", "init_args": {"k": 3, "rank_joint": 2, "rank_individual": 2, "max_iter": 3}}
+    config = write_config(tmp_path, tiny_model_dir, jive, {"seeds": [5]}, regions=("eyes", "mouth"), name="jive")
+    main(["test", "--config", str(config)])
+    run = tmp_path / "runs" / "jive" / "version_0"
+    stored = DirectionSet.load(run / "directions" / "seed000005.safetensors")
+    assert stored.labels == ["joint"] * 2 + ["eyes"] * 2 + ["mouth"] * 2
+    v = stored.directions.flatten(1)
+    assert (v[2:] @ v[:2].T).abs().max() < 1e-5  # individual directions are orthogonal to the joint ones
+    with open(run / "edits.csv") as f:
+        assert {r["label"] for r in csv.DictReader(f)} == {"eyes", "mouth"}
+
+
+def test_print_config_of_the_shipped_configs(capsys):
+    for name in ("rbe_mouth", "jive_face", "haas_mouth", "jive_church"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["test", "--config", f"configs/{name}.yaml", "--print_config"])
+        assert exit_info.value.code == 0
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed["model"]["init_args"]["timestep"] == 0.6
+
+
+# -- bad input: a clear error before heavy compute ---------------------------------------------
+
+
+def test_unreachable_hub_id(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="not in the local Hugging Face cache.*--local-dir"):
+        HSpaceEditor(model="google/ddpm-ema-celebahq-256")
+
+
+def test_hub_that_does_not_answer(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "model_info", no_network)
+    with pytest.raises(OSError, match="nor reachable on the Hugging Face Hub.*--local-dir"):
+        HSpaceEditor(model="google/ddpm-ema-church-256")
+
+
+def test_missing_or_broken_images(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.png' does not exist"):
+        HSpaceData(images=[str(tmp_path / "nowhere.png")])
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png at all")
+    with pytest.raises(ValueError, match="broken.png' is not an image"):
+        HSpaceData(images=[str(broken)])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no images"):
+        HSpaceData(images=[str(tmp_path / "empty")])
+
+
+def box(name, *coords):
+    return Region(name, tuple(coords))
+
+
+@pytest.mark.parametrize(
+    "settings, error",
+    [
+        (lambda: {"regions": [box("out", 0.2, 0.2, 1.3, 0.5)]}, r"box \(0.2, 0.2, 1.3, 0.5\) must be 4 numbers"),
+        (lambda: {"regions": [box("flat", 0.2, 0.5, 0.6, 0.5)]}, "zero area"),
+        (lambda: {"regions": [box("all", 0, 0, 1, 1)]}, "covers the whole image"),
+        (lambda: {"timestep": 1.5}, "timestep 1.5 is outside the schedule"),
+        (lambda: {"regions": ["eyes", "mouth"], "method": JIVE(k=3, rank_joint=7, rank_individual=2)}, "r_C=7"),
+        (lambda: {"regions": ["eyes", "mouth"], "method": JIVE(k=3, rank_joint=2, rank_individual=4)}, "r_A=4"),
+        (lambda: {"regions": [box("all", 0, 0, 1, 1)], "method": JIVE(k=3, rank_joint=2, rank_individual=2)}, "needs an outside"),
+        (lambda: {"method": Haas(k=5000)}, "k=5000 directions"),
+    ],
+)
+def test_bad_settings(tiny_model_dir, settings, error):
+    with pytest.raises(ValueError, match=error):
+        HSpaceEditor(model=str(tiny_model_dir), **settings())
+
+
+def test_artifact_for_another_model_is_refused_before_compute(tmp_path, tiny_model_dir):
+    other = DirectionSet(
+        torch.randn(2, 16, 8, 8), torch.ones(2), ["mouth"] * 2, torch.zeros(1, 3, 16, 16),
+        {"model": "elsewhere", "model_fingerprint": "0123456789abcdef", "h_shape": [16, 8, 8], "image": "x"},
+    )
+    artifact = other.save(tmp_path / "other.safetensors")
+    rbe = {"class_path": "lit_hspace.methods.RBE", "init_args": {"k": 2, "n_outside": 2}}
+    config = write_config(tmp_path, tiny_model_dir, rbe, {"seeds": [0]}, name="refuse")
+    with pytest.raises(ValueError, match="made for elsewhere"):
+        main(["test", "--config", str(config), "--model.init_args.directions", str(artifact)])
+    assert not list((tmp_path / "runs" / "refuse").glob("*/edits.csv"))
