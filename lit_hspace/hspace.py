@@ -18,7 +18,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor, nn
 
 # Models that need no download: name -> UNet2DModel config. Weights are drawn from a fixed seed,
-# so these exercise the whole pipeline but carry no semantics.
+# so these exercise the whole pipeline (and time it) but carry no semantics.
 BUILTIN_MODELS = {
     "tiny-random": dict(
         sample_size=32,
@@ -27,6 +27,20 @@ BUILTIN_MODELS = {
         up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
         layers_per_block=1,
         norm_num_groups=8,
+    ),
+    # The architecture of google/ddpm-ema-celebahq-256 (and -church-256, -bedroom-256): h is 512 x 8 x 8.
+    "random-celebahq-256": dict(
+        sample_size=256,
+        block_out_channels=(128, 128, 256, 256, 512, 512),
+        down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
+        layers_per_block=2,
+        norm_num_groups=32,
+        norm_eps=1e-6,
+        downsample_padding=0,
+        flip_sin_to_cos=False,
+        freq_shift=1,
+        attention_head_dim=None,
     ),
 }
 
