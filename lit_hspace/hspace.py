@@ -95,7 +95,7 @@ class HSpaceUNet(nn.Module):
             raise FileNotFoundError(
                 f"'{path}' is not a diffusers UNet2DModel directory: no config.json in it or in its unet/ folder."
             )
-        unet = UNet2DModel.from_pretrained(unet_dir)
+        unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)
         for sched_dir in (path / "scheduler", path):
             if (sched_dir / "scheduler_config.json").is_file():
                 return cls(unet, DDPMScheduler.from_pretrained(sched_dir).config, str(path))
