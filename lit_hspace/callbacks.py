@@ -13,6 +13,7 @@ from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
 from lit_hspace.directions import DirectionSet
+from lit_hspace.metrics import to_unit
 
 OUTLINE_COLOUR = (1.0, 0.1, 0.6)  # pink, as the JIVE appendix marks regions
 
@@ -23,10 +24,6 @@ def outline(image: Tensor, mask: Tensor, width: int = 1) -> Tensor:
     edge = (mask - eroded).bool().expand_as(image)
     colour = torch.tensor(OUTLINE_COLOUR, device=image.device)[:, None, None].expand_as(image)
     return torch.where(edge, colour, image)
-
-
-def to_unit(x: Tensor) -> Tensor:
-    return ((x.clamp(-1, 1) + 1) / 2).float().cpu()
 
 
 class RunWriter(L.Callback):
@@ -59,10 +56,10 @@ class RunWriter(L.Callback):
             self._append_rows(run / "edits.csv", result["rows"])
 
     def _save_images(self, run: Path, result: dict, strengths: list[float]) -> None:
-        image_id, edits = result["id"], to_unit(result["edits"])
+        image_id, edits = result["id"], to_unit(result["edits"]).float().cpu()
         folder = run / "images" / image_id
         folder.mkdir(parents=True, exist_ok=True)
-        original = to_unit(result["original"])
+        original = to_unit(result["original"]).float().cpu()
         cells = []
         for row, mask in enumerate(result["masks"].float().cpu()):
             direction = result["rows"][row * len(strengths)]

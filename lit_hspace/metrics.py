@@ -11,6 +11,11 @@ from torchmetrics import Metric
 Part = Literal["whole", "inside", "outside"]
 
 
+def to_unit(images: Tensor) -> Tensor:
+    """Model images in [-1, 1] -> [0, 1], where the metrics are measured."""
+    return (images.clamp(-1, 1) + 1) / 2
+
+
 def masked_mse(edited: Tensor, reference: Tensor, mask: Tensor, part: Part) -> Tensor:
     """Per-image MSE over the whole image, inside the mask or outside it. mask: (B or 1, 1, H, W) of 0/1."""
     weight = {"whole": torch.ones_like(mask), "inside": mask, "outside": 1 - mask}[part].expand_as(edited)

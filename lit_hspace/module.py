@@ -20,7 +20,7 @@ from lit_hspace.directions import DirectionSet, find_direction_set
 from lit_hspace.hspace import HSpaceUNet
 from lit_hspace.jacobian import JacobianOperator
 from lit_hspace.methods import RBE, DiscoveryMethod
-from lit_hspace.metrics import MaskedMSE, masked_mse
+from lit_hspace.metrics import MaskedMSE, masked_mse, to_unit
 from lit_hspace.regions import Region, region_masks, resolve_regions
 
 
@@ -64,8 +64,6 @@ class HSpaceEditor(L.LightningModule):
         super().__init__()
         if injection not in get_args(Injection):
             raise ValueError(f"injection '{injection}' is not one of {get_args(Injection)}")
-        if not 0.0 < timestep <= 1.0:
-            raise ValueError(f"timestep {timestep} is outside the schedule: give a fraction of T in (0, 1], e.g. 0.6")
         if directions is not None and not Path(directions).exists():
             raise FileNotFoundError(f"directions '{directions}' does not exist (a direction set file or a folder of them)")
         self.method = method if method is not None else RBE()
@@ -210,7 +208,6 @@ class HSpaceEditor(L.LightningModule):
 
     def measure(self, image_id: str, dset: DirectionSet, picks: list[int], edits: Tensor, reference: Tensor) -> list[dict]:
         """Update the MSE metrics (images in [0, 1], edit against the unedited sample) and return one row per edit."""
-        to_unit = lambda x: (x.clamp(-1, 1) + 1) / 2  # noqa: E731
         rows = []
         for row, j in enumerate(picks):
             mask = self.mask_of(dset.labels[j])
