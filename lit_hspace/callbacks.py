@@ -83,3 +83,43 @@ class RunWriter(L.Callback):
     def on_test_end(self, trainer, pl_module) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         (self.run_dir(trainer) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+class SampleGrid(L.Callback):
+    """Every `every_n_steps` training steps (and at the end), a grid of EMA samples from fixed seeds:
+    samples/step_<n>.png in the run directory, and to the logger where it takes images."""
+
+    def __init__(self, every_n_steps: int = 500, num_samples: int = 16, seed: int = 0):
+        self.every_n_steps, self.num_samples, self.seed = every_n_steps, num_samples, seed
+        self._written_step = -1
+
+    def _write(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.global_step == self._written_step:
+            return
+        self._written_step = trainer.global_step
+        samples = to_unit(pl_module.sample(self.num_samples, self.seed)).float().cpu()
+        grid = make_grid(samples, nrow=int(self.num_samples**0.5), padding=1)
+        folder = RunWriter.run_dir(trainer) / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_image(grid, folder / f"step_{trainer.global_step:07d}.png")
+        if hasattr(trainer.logger, "log_image"):
+            trainer.logger.log_image("samples", [grid], step=trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every_n_steps == 0 and trainer.is_global_zero:
+            self._write(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self._write(trainer, pl_module)
+
+
+class ExportEMA(L.Callback):
+    """At the end of training, the EMA weights as a diffusers directory: <run>/ema_unet/ (or `path`)."""
+
+    def __init__(self, path: str | None = None):
+        self.path = path
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            pl_module.export(self.path or RunWriter.run_dir(trainer) / "ema_unet")

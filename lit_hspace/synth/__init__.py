@@ -1,0 +1,1 @@
+"""Synthetic aligned faces whose factors of variation and their regions are known exactly."""
