@@ -66,20 +66,20 @@ REGIONS: dict[str, Box] = {
 
 # Geometry, normalised like REGIONS. Every shape keeps a margin inside its region box.
 FACE_ELLIPSE = (0.23, 0.14, 0.77, 0.93)
-HAIR_ELLIPSE = (0.16, 0.05, 0.84, 0.75)  # the head outline; the face covers all but a cap
+HAIR_ELLIPSE = (0.155, 0.045, 0.845, 0.95)  # the head outline; the face covers all but a cap
 HAIR_BOTTOM = (0.20, 0.28)  # lowest hair row at hair_length 0 and 1
 EYE_CENTERS = ((0.37, 0.46), (0.63, 0.46))
-EYE_HALF_WIDTH, EYE_MAX_HALF_HEIGHT = 0.08, 0.035
-IRIS_RADIUS, PUPIL_RADIUS, GAZE_SHIFT = 0.028, 0.012, 0.045
+EYE_HALF_WIDTH, EYE_MAX_HALF_HEIGHT = 0.08, 0.04
+IRIS_RADIUS, PUPIL_RADIUS, GAZE_SHIFT = 0.034, 0.012, 0.045
 BROW_ENDS_X = ((0.44, 0.29), (0.56, 0.71))  # (inner, outer) for left and right brow
-BROW_Y, BROW_LIFT, BROW_TILT, BROW_ARCH, BROW_WIDTH = 0.378, 0.03, 0.012, 0.006, 0.016
-NOSE_TOP, NOSE_TIP, NOSE_GROWTH, NOSE_HALF_WIDTH = (0.5, 0.53), 0.585, 0.04, 0.045
-MOUTH_CENTER, MOUTH_HALF_WIDTH, SMILE_RISE = (0.5, 0.725), 0.11, 0.025
+BROW_Y, BROW_LIFT, BROW_TILT, BROW_ARCH, BROW_WIDTH = 0.375, 0.03, 0.012, 0.006, 0.02
+NOSE_TOP, NOSE_TIP, NOSE_GROWTH, NOSE_HALF_WIDTH, NOSTRIL_RISE = (0.5, 0.53), 0.575, 0.05, 0.045, 0.012
+MOUTH_CENTER, MOUTH_HALF_WIDTH, SMILE_RISE = (0.5, 0.725), 0.12, 0.03
 UPPER_LIP, LOWER_LIP, MAX_HALF_GAP = 0.014, 0.02, 0.02
 LINE_WIDTH = 0.008
 
 # Fixed colours: anything drawn from another factor's colour would leak that factor into this region.
-EYE_WHITE, PUPIL, LASH, BROW, MOUTH_INSIDE = (240, 238, 232), (15, 12, 12), (45, 30, 25), (60, 40, 30), (70, 20, 25)
+EYE_WHITE, PUPIL, LASH, BROW, MOUTH_INSIDE = (240, 238, 232), (15, 12, 12), (45, 30, 25), (35, 25, 20), (70, 20, 25)
 
 
 def sample_factors(rng: np.random.Generator) -> dict[str, float]:
@@ -91,7 +91,7 @@ def render(factors: dict[str, float], size: int = 64) -> Image.Image:
     """An RGB face of side `size` with the given factor values."""
     scale = SUPERSAMPLE * size
     canvas = Image.new("RGB", (scale, scale), _hsv(0.8 * factors["background_hue"], 0.3, 0.85))
-    skin = _hsv(0.07, 0.5 - 0.2 * factors["skin_tone"], 0.4 + 0.55 * factors["skin_tone"])
+    skin = _hsv(0.07, 0.55 - 0.3 * factors["skin_tone"], 0.45 + 0.52 * factors["skin_tone"])
     _draw_hair(canvas, factors, scale)
     draw = ImageDraw.Draw(canvas)
     draw.ellipse(_scaled(FACE_ELLIPSE, scale), fill=skin)
@@ -117,8 +117,13 @@ def _scaled(coords, scale: int) -> list[float]:
     return [c * scale for c in coords]
 
 
-def _shade(color: tuple[int, int, int], factor: float) -> tuple[int, int, int]:
-    return tuple(round(c * factor) for c in color)
+def _scaled_points(points, scale: int) -> list[tuple[float, float]]:
+    return [(float(x) * scale, float(y) * scale) for x, y in points]
+
+
+def _darker(color: tuple[int, int, int], amount: int) -> tuple[int, int, int]:
+    """Darker by a fixed amount, not a ratio, so shadows stay visible on dark skin."""
+    return tuple(max(0, c - amount) for c in color)
 
 
 def _width(width: float, scale: int) -> int:
@@ -150,10 +155,10 @@ def _draw_eyes(canvas: Image.Image, factors: dict[str, float], scale: int) -> No
     """White, iris and pupil clipped to the eye opening, then the lash line; a closed eye is a line."""
     draw = ImageDraw.Draw(canvas)
     half_height = EYE_MAX_HALF_HEIGHT * factors["eye_open"]
-    iris = _hsv(0.05 + 0.6 * factors["iris_hue"], 0.7, 0.55)
+    iris = _hsv(0.05 + 0.6 * factors["iris_hue"], 0.8, 0.6)
     for cx, cy in EYE_CENTERS:
         eye_box = _scaled((cx - EYE_HALF_WIDTH, cy - half_height, cx + EYE_HALF_WIDTH, cy + half_height), scale)
-        if eye_box[3] - eye_box[1] < 2:
+        if eye_box[3] - eye_box[1] < 2:  # thinner than the lash line: closed
             draw.line((eye_box[0], cy * scale, eye_box[2], cy * scale), fill=LASH, width=_width(LINE_WIDTH, scale))
             continue
         opening = Image.new("L", canvas.size)
@@ -169,13 +174,13 @@ def _draw_eyes(canvas: Image.Image, factors: dict[str, float], scale: int) -> No
 
 def _draw_nose(draw: ImageDraw.ImageDraw, factors: dict[str, float], skin: tuple[int, int, int], scale: int) -> None:
     """A shadow wedge and the nostril line, in darker skin."""
-    top_x, top_y = NOSE_TOP
+    x, top = NOSE_TOP
     tip = NOSE_TIP + NOSE_GROWTH * factors["nose_length"]
-    wedge = [(top_x, top_y), (top_x + NOSE_HALF_WIDTH * 0.75, tip), (top_x - NOSE_HALF_WIDTH * 0.75, tip)]
-    draw.polygon(_scaled_points(wedge, scale), fill=_shade(skin, 0.88))
     w = NOSE_HALF_WIDTH
-    nostrils = [(top_x - w, tip - 0.012), (top_x - w / 2, tip), (top_x + w / 2, tip), (top_x + w, tip - 0.012)]
-    draw.line(_scaled_points(nostrils, scale), fill=_shade(skin, 0.6), width=_width(LINE_WIDTH, scale), joint="curve")
+    wedge = [(x, top), (x + 0.75 * w, tip), (x - 0.75 * w, tip)]
+    draw.polygon(_scaled_points(wedge, scale), fill=_darker(skin, 30))
+    nostrils = [(x - w, tip - NOSTRIL_RISE), (x - w / 2, tip), (x + w / 2, tip), (x + w, tip - NOSTRIL_RISE)]
+    draw.line(_scaled_points(nostrils, scale), fill=_darker(skin, 75), width=_width(LINE_WIDTH, scale), joint="curve")
 
 
 def _draw_mouth(draw: ImageDraw.ImageDraw, factors: dict[str, float], scale: int) -> None:
@@ -193,7 +198,3 @@ def _draw_mouth(draw: ImageDraw.ImageDraw, factors: dict[str, float], scale: int
     if factors["mouth_open"] > 0:
         gap = [*zip(x, midline - half_gap), *zip(x[::-1], (midline + half_gap)[::-1])]
         draw.polygon(_scaled_points(gap, scale), fill=MOUTH_INSIDE)
-
-
-def _scaled_points(points, scale: int) -> list[tuple[float, float]]:
-    return [(float(x) * scale, float(y) * scale) for x, y in points]
