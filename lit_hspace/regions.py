@@ -19,7 +19,7 @@ PRESETS: dict[str, dict[str, Box]] = {
         "hair": (0.15, 0.02, 0.85, 0.26),
         "brows": (0.25, 0.34, 0.75, 0.44),
         "eyes": (0.25, 0.44, 0.75, 0.56),
-        "nose": (0.40, 0.54, 0.60, 0.66),
+        "nose": (0.40, 0.56, 0.60, 0.66),
         "mouth": (0.33, 0.67, 0.67, 0.82),
     },
     # LSUN church 256 x 256: the usual framing of a facade.
