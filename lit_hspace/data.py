@@ -69,7 +69,8 @@ class HSpaceData(L.LightningDataModule):
 
     Args:
         images: image files and/or folders of images.
-        seeds: generate images from these seeds instead (x_T ~ N(0, I)).
+        seeds: generate images from these seeds instead (x_T ~ N(0, I)); a number n means seeds 0 .. n-1.
+        num_images: use only the first `num_images` of them (all by default).
         image_size: side the images are resized to; set from the model by the CLI.
         batch_size: images per step.
     """
@@ -77,7 +78,8 @@ class HSpaceData(L.LightningDataModule):
     def __init__(
         self,
         images: list[str] | None = None,
-        seeds: list[int] | None = None,
+        seeds: list[int] | int | None = None,
+        num_images: int | None = None,
         image_size: int | None = None,
         batch_size: int = 1,
         num_workers: int = 0,
@@ -86,7 +88,14 @@ class HSpaceData(L.LightningDataModule):
         if (images is None) == (seeds is None):
             raise ValueError("give either images (files or folders) or seeds, not both and not neither")
         self.files = list_images(images) if images is not None else None
-        self.seeds = seeds
+        self.seeds = list(range(seeds)) if isinstance(seeds, int) else seeds
+        if num_images is not None:
+            have = len(self.files if self.files is not None else self.seeds)
+            if not 0 < num_images <= have:
+                source = f"images {images}" if images is not None else "seeds"
+                raise ValueError(f"num_images={num_images} asked for, but {source} hold {have}; allowed: 1 .. {have}")
+            self.files = self.files[:num_images] if self.files is not None else None
+            self.seeds = self.seeds[:num_images] if self.seeds is not None else None
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
 
     def dataset(self) -> Dataset:

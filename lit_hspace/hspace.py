@@ -45,6 +45,14 @@ BUILTIN_MODELS = {
 }
 
 
+# Trained models shipped inside the package (diffusers format, safetensors).
+PACKAGED_MODELS = {
+    # A small DDPM trained on lit_hspace.synth's faces, whose factors and regions are known; see its README.md.
+    "synth-faces": Path(__file__).parent / "synth" / "weights" / "synth-faces",
+}
+KNOWN_NAMES = (*PACKAGED_MODELS, *BUILTIN_MODELS)
+
+
 @dataclass
 class Encoded:
     """What the part after h needs besides h itself."""
@@ -80,12 +88,21 @@ class HSpaceUNet(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str) -> HSpaceUNet:
-        """Load a built-in model name, a local diffusers directory or a Hugging Face Hub id."""
+        """Load a built-in model name, a local diffusers directory or a Hugging Face Hub id ("owner/name")."""
+        if name_or_path in PACKAGED_MODELS:
+            model = cls._from_local_dir(PACKAGED_MODELS[name_or_path])
+            model.name = name_or_path
+            return model
         if name_or_path in BUILTIN_MODELS:
             torch.manual_seed(0)
             return cls(UNet2DModel(**BUILTIN_MODELS[name_or_path]), DDPMScheduler().config, name_or_path)
         if Path(name_or_path).is_dir():
             return cls._from_local_dir(Path(name_or_path))
+        if "/" not in name_or_path:  # every diffusers UNet on the Hub is "owner/name"
+            raise ValueError(
+                f"unknown model '{name_or_path}': built-in models are {', '.join(KNOWN_NAMES)}; "
+                "otherwise give a local diffusers directory or a Hugging Face Hub id such as google/ddpm-ema-celebahq-256"
+            )
         return cls._from_hub(name_or_path)
 
     @classmethod
@@ -119,7 +136,7 @@ class HSpaceUNet(nn.Module):
                 model_info(repo_id, timeout=10)
             except Exception as err:
                 raise OSError(
-                    f"Model '{repo_id}' is neither a built-in model ({', '.join(BUILTIN_MODELS)}), a local directory, "
+                    f"Model '{repo_id}' is neither a built-in model ({', '.join(KNOWN_NAMES)}), a local directory, "
                     f"nor reachable on the Hugging Face Hub ({type(err).__name__}: {err}). {how}"
                 ) from None
             path = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin"])

@@ -20,7 +20,7 @@ from lit_hspace.directions import DirectionSet, find_direction_set
 from lit_hspace.hspace import HSpaceUNet
 from lit_hspace.jacobian import JacobianOperator
 from lit_hspace.methods import RBE, DiscoveryMethod
-from lit_hspace.metrics import MaskedMSE, masked_mse, to_unit
+from lit_hspace.metrics import METRICS, FactorChange, MaskedMSE, masked_mse, to_unit
 from lit_hspace.regions import Region, region_masks, resolve_regions
 
 
@@ -36,6 +36,7 @@ class HSpaceEditor(L.LightningModule):
         num_steps: DDIM steps for inversion and sampling.
         strengths: edit strengths a (h <- h + a v); the grid has one column per strength.
         edit_directions: how many directions of each group (region) to edit and show, in order.
+        edit_regions: edit only the directions of these regions (by default those of every region).
         injection: "x0_and_direction" (Haas et al.) or "x0" (Asyrp).
         directions: a direction set file, or a folder of them (`<image id>.safetensors`), to edit with
             instead of discovering; by default, sets that earlier runs of this experiment stored for the
@@ -43,6 +44,8 @@ class HSpaceEditor(L.LightningModule):
         chunk_size: directions per batched Jacobian product (memory grows linearly with it).
         edit_batch_size: edited images sampled at once.
         seed: seed of the subspace iterations' random start.
+        metrics: which metrics to compute: "mse" (masked MSE whole / inside / outside) and, for models of
+            the synthetic faces, "factors" (the factor probe's reading of what each edit changed).
     """
 
     def __init__(
@@ -55,19 +58,29 @@ class HSpaceEditor(L.LightningModule):
         num_steps: int = 50,
         strengths: list[float] | None = None,
         edit_directions: int = 3,
+        edit_regions: list[str] | None = None,
         injection: Injection = "x0_and_direction",
         directions: str | None = None,
         chunk_size: int = 64,
         edit_batch_size: int = 16,
         seed: int = 0,
+        metrics: list[str] | None = None,
     ):
         super().__init__()
+        self.metric_names = list(metrics) if metrics is not None else ["mse"]
+        unknown = sorted(set(self.metric_names) - set(METRICS))
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}: choose from {list(METRICS)}")
         if injection not in get_args(Injection):
             raise ValueError(f"injection '{injection}' is not one of {get_args(Injection)}")
         if directions is not None and not Path(directions).exists():
             raise FileNotFoundError(f"directions '{directions}' does not exist (a direction set file or a folder of them)")
         self.method = method if method is not None else RBE()
         self.regions = resolve_regions(regions if regions is not None else ["mouth"], region_preset)
+        names = [r.name for r in self.regions]
+        if edit_regions is not None and not set(edit_regions) <= set(names):
+            raise ValueError(f"edit_regions {sorted(set(edit_regions) - set(names))} are not among the regions {names}")
+        self.edit_regions = edit_regions
         self.strengths = list(strengths) if strengths is not None else [-50.0, -25.0, 0.0, 25.0, 50.0]
         self.edit_directions, self.injection, self.directions_path = edit_directions, injection, directions
         self.chunk_size, self.edit_batch_size, self.seed = chunk_size, edit_batch_size, seed
@@ -79,6 +92,9 @@ class HSpaceEditor(L.LightningModule):
         self.register_buffer("masks", region_masks(self.regions, self.hspace.output_shape[-1]), persistent=False)
         self.method.check(self.regions, self.masks, math.prod(self.hspace.h_shape))
         self.mse = nn.ModuleDict({part: MaskedMSE(part) for part in ("whole", "inside", "outside")})
+        self.factors = None
+        if "factors" in self.metric_names:
+            self.factors = FactorChange(self.image_size, [r.name for r in self.regions])
 
     def configure_callbacks(self):
         from lit_hspace.callbacks import RunWriter
@@ -166,6 +182,8 @@ class HSpaceEditor(L.LightningModule):
     def picked(self, dset: DirectionSet) -> list[int]:
         """The first `edit_directions` directions of each group; joint ones only when nothing else exists."""
         groups = [g for g in dset.groups if g != "joint"] or dset.groups
+        if self.edit_regions is not None:
+            groups = [g for g in groups if g in self.edit_regions]
         return [i for g in groups for i in dset.indices(g)[: self.edit_directions]]
 
     def edit(self, x_t: Tensor, directions: Tensor) -> Tensor:
@@ -207,17 +225,30 @@ class HSpaceEditor(L.LightningModule):
         return results
 
     def measure(self, image_id: str, dset: DirectionSet, picks: list[int], edits: Tensor, reference: Tensor) -> list[dict]:
-        """Update the MSE metrics (images in [0, 1], edit against the unedited sample) and return one row per edit."""
+        """Update the metrics (images in [0, 1], each edit against the unedited sample) and return one row per edit."""
         rows = []
+        reference = to_unit(reference)
         for row, j in enumerate(picks):
-            mask = self.mask_of(dset.labels[j])
+            label, mask = dset.labels[j], self.mask_of(dset.labels[j])
+            edited = to_unit(edits[row])  # (S, C, H, W): this direction at every strength
+            values: dict[str, Tensor] = {}
+            if "mse" in self.metric_names:
+                values |= {f"mse_{part}": masked_mse(edited, reference, mask, part) for part in self.mse}
+            if self.factors is not None:
+                values |= self.factors.changes(edited, reference, label)
+            moved = torch.tensor(self.strengths, device=edited.device) != 0  # strength 0 is the reference itself
+            if "mse" in self.metric_names:
+                for metric in self.mse.values():
+                    metric.update(edited[moved], reference, mask)
+            if self.factors is not None:
+                self.factors.update(values["factor_target"][moved], values["factor_off_target"][moved])
             for col, strength in enumerate(self.strengths):
-                edited, ref = to_unit(edits[row, col : col + 1]), to_unit(reference)
-                values = {f"mse_{part}": masked_mse(edited, ref, mask, part).item() for part in self.mse}
-                if strength != 0:  # strength 0 is the reference itself
-                    for metric in self.mse.values():
-                        metric.update(edited, ref, mask)
-                rows.append(dict(image=image_id, direction=j, label=dset.labels[j], strength=strength, **values))
-        for part, metric in self.mse.items():
-            self.log(f"test/mse_{part}", metric, on_step=False, on_epoch=True, batch_size=1)
+                cells = {k: v[col].item() for k, v in values.items()}
+                rows.append(dict(image=image_id, direction=j, label=label, strength=strength, **cells))
+        if "mse" in self.metric_names:
+            for part, metric in self.mse.items():
+                self.log(f"test/mse_{part}", metric, on_step=False, on_epoch=True, batch_size=1)
+        if self.factors is not None:
+            for part, metric in self.factors.means.items():
+                self.log(f"test/factor_{part}", metric, on_step=False, on_epoch=True, batch_size=1)
         return rows

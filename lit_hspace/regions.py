@@ -29,6 +29,15 @@ PRESETS: dict[str, dict[str, Box]] = {
         "windows": (0.25, 0.4, 0.75, 0.65),
         "door": (0.4, 0.65, 0.6, 0.95),
     },
+    # The built-in synthetic faces (lit_hspace.synth): each factor changes pixels of one of these only.
+    # The five parts are disjoint, so an edit that moves pixels in two of them moved two factors.
+    "synth": {
+        "hair": (0.14, 0.03, 0.86, 0.30),
+        "brows": (0.25, 0.305, 0.75, 0.405),
+        "eyes": (0.25, 0.41, 0.75, 0.51),
+        "nose": (0.42, 0.52, 0.58, 0.64),
+        "mouth": (0.33, 0.65, 0.67, 0.80),
+    },
 }
 
 

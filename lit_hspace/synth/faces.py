@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageChops, ImageDraw
 from torchvision.transforms.functional import pil_to_tensor
 
-from lit_hspace.regions import Box
+from lit_hspace.regions import PRESETS, Box
 
 SUPERSAMPLE = 4
 
@@ -52,17 +52,8 @@ FACTORS: tuple[Factor, ...] = (
 )
 FACTOR_NAMES = tuple(f.name for f in FACTORS)
 
-# Normalised (x0, y0, x1, y1), y down. The five facial parts are disjoint, so an edit that moves
-# pixels in two of them moved two factors.
-REGIONS: dict[str, Box] = {
-    "hair": (0.14, 0.03, 0.86, 0.30),
-    "brows": (0.25, 0.305, 0.75, 0.405),
-    "eyes": (0.25, 0.41, 0.75, 0.51),
-    "nose": (0.42, 0.52, 0.58, 0.64),
-    "mouth": (0.33, 0.65, 0.67, 0.80),
-    "face": (0.22, 0.13, 0.78, 0.94),
-    "background": (0.0, 0.0, 1.0, 1.0),
-}
+# Normalised (x0, y0, x1, y1), y down: the "synth" region preset, plus the skin and the background.
+REGIONS: dict[str, Box] = {**PRESETS["synth"], "face": (0.22, 0.13, 0.78, 0.94), "background": (0.0, 0.0, 1.0, 1.0)}
 
 # Geometry, normalised like REGIONS. Every shape keeps a margin inside its region box.
 FACE_ELLIPSE = (0.23, 0.14, 0.77, 0.93)
