@@ -68,7 +68,7 @@ def markdown(table: dict[str, dict[str, float]], first: str) -> str:
     columns = list(next(iter(table.values())))
     lines = [f"| {first} | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
     for key, row in table.items():
-        cells = [f"{v:d}" if isinstance(v, int) else f"{v:.4f}" for v in row.values()]
+        cells = [f"{v:d}" if isinstance(v, int) else f"{v:.3g}" for v in row.values()]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -94,7 +94,7 @@ def main() -> None:
     )
     report = "\n\n".join([
         "# Locality on the synthetic faces: mouth directions",
-        f"`{command}` on {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}. "
+        f"`{command}` on {platform.processor() or platform.machine()}, threads: {torch.get_num_threads()}, torch {torch.__version__}. "
         f"{args.num_images} images (seeds 0 .. {args.num_images - 1}), strengths {args.strengths}; each method's settings are "
         "those of configs/synth/<method>_mouth.yaml. MSE on images in [0, 1] against the unedited sample; factor changes "
         "in normalised units (a factor's whole range = 1) read by the factor probe: target = the largest change among the "

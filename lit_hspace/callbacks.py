@@ -26,34 +26,50 @@ def outline(image: Tensor, mask: Tensor, width: int = 1) -> Tensor:
     return torch.where(edge, colour, image)
 
 
-class RunWriter(L.Callback):
+class RunDirCallback(L.Callback):
+    """A callback that writes into the run directory (the logger's log_dir).
+
+    Under DDP `trainer.log_dir` is a collective (a broadcast from rank 0): it is read once, by every rank,
+    at setup, and never again from code that only some ranks (or some batches) reach.
+    """
+
+    run: Path
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.run = Path(trainer.log_dir or trainer.default_root_dir)
+
+
+class RunWriter(RunDirCallback):
     """Run directory layout:
 
     directions/<image>.safetensors   direction sets (predict, and test where it had to discover)
     images/<image>/d<index>_<label>_a<strength>.png   every edited image
     grids/<image>.png                rows: directions; columns: the original with the region outline, then strengths
-    edits.csv                        one row per edit: image, direction, label, strength, MSE whole/inside/outside
+    edits.csv                        one row per edit: image, direction, label, strength, its metrics
     metrics.json                     the test metrics over all edits
+
+    Under several processes (DDP) each writes its own images' files and rows (edits.rank<r>.csv); at the
+    end rank 0 merges the rows into edits.csv, ordered by image, as a single process would write them.
     """
 
-    @staticmethod
-    def run_dir(trainer: L.Trainer) -> Path:
-        return Path(trainer.log_dir or trainer.default_root_dir)
-
     def _save_set(self, trainer: L.Trainer, dset: DirectionSet) -> None:
-        dset.save(self.run_dir(trainer) / "directions" / f"{dset.meta['image']}.safetensors")
+        dset.save(self.run / "directions" / f"{dset.meta['image']}.safetensors")
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         for dset in outputs:
             self._save_set(trainer, dset)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        run = self.run_dir(trainer)
+        run = self.run
         for result in outputs:
             if result["directions"] is not None:
                 self._save_set(trainer, result["directions"])
             self._save_images(run, result, pl_module.strengths)
-            self._append_rows(run / "edits.csv", result["rows"])
+            self._append_rows(self._rows_file(trainer), result["rows"])
+
+    def _rows_file(self, trainer: L.Trainer) -> Path:
+        name = "edits.csv" if trainer.world_size == 1 else f"edits.rank{trainer.global_rank}.csv"
+        return self.run / name
 
     def _save_images(self, run: Path, result: dict, strengths: list[float]) -> None:
         image_id, edits = result["id"], to_unit(result["edits"]).float().cpu()
@@ -81,11 +97,25 @@ class RunWriter(L.Callback):
             writer.writerows(rows)
 
     def on_test_end(self, trainer, pl_module) -> None:
+        trainer.strategy.barrier()  # every rank's rows are written
+        if not trainer.is_global_zero:
+            return
+        run = self.run
+        if trainer.world_size > 1:
+            parts = sorted(run.glob("edits.rank*.csv"))
+            rows = []
+            for part in parts:
+                with part.open() as f:
+                    rows += csv.DictReader(f)
+            if rows:
+                self._append_rows(run / "edits.csv", sorted(rows, key=lambda row: row["image"]))
+            for part in parts:
+                part.unlink()
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-        (self.run_dir(trainer) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
-class SampleGrid(L.Callback):
+class SampleGrid(RunDirCallback):
     """Every `every_n_steps` training steps (and at the end), a grid of EMA samples from fixed seeds:
     samples/step_<n>.png in the run directory, and to the logger where it takes images."""
 
@@ -99,7 +129,7 @@ class SampleGrid(L.Callback):
         self._written_step = trainer.global_step
         samples = to_unit(pl_module.sample(self.num_samples, self.seed)).float().cpu()
         grid = make_grid(samples, nrow=int(self.num_samples**0.5), padding=1)
-        folder = RunWriter.run_dir(trainer) / "samples"
+        folder = self.run / "samples"
         folder.mkdir(parents=True, exist_ok=True)
         save_image(grid, folder / f"step_{trainer.global_step:07d}.png")
         if hasattr(trainer.logger, "log_image"):
@@ -114,7 +144,7 @@ class SampleGrid(L.Callback):
             self._write(trainer, pl_module)
 
 
-class ExportEMA(L.Callback):
+class ExportEMA(RunDirCallback):
     """At the end of training, the EMA weights as a diffusers directory: <run>/ema_unet/ (or `path`)."""
 
     def __init__(self, path: str | None = None):
@@ -122,4 +152,4 @@ class ExportEMA(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
-            pl_module.export(self.path or RunWriter.run_dir(trainer) / "ema_unet")
+            pl_module.export(self.path or self.run / "ema_unet")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
@@ -106,7 +107,14 @@ class HSpaceData(L.LightningDataModule):
         return ImageFiles(self.files, self.image_size)
 
     def _loader(self) -> DataLoader:
-        return DataLoader(self.dataset(), batch_size=self.batch_size, num_workers=self.num_workers)
+        data, sampler = self.dataset(), None
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if world > 1:
+            # Each image exactly once: Lightning's default test sampler pads with repeats, which the metrics would count twice.
+            if len(data) < world:
+                raise ValueError(f"{len(data)} images cannot be shared by {world} processes: use at most {len(data)} devices")
+            sampler = UnrepeatedDistributedSampler(data, num_replicas=world, rank=self.trainer.global_rank, shuffle=False)
+        return DataLoader(data, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader()

@@ -151,6 +151,7 @@ class HSpaceEditor(L.LightningModule):
 
     def on_test_start(self) -> None:
         self._check_grad_mode()
+        self._run_dir = Path(self.trainer.log_dir or ".")  # a collective under DDP: read once, on every rank
         self._given_sets: dict[str, DirectionSet] = {}
         if self.directions_path is not None:  # load and check all given sets before any compute
             path = Path(self.directions_path)
@@ -166,8 +167,7 @@ class HSpaceEditor(L.LightningModule):
             return next(iter(self._given_sets.values()))
         if self.directions_path is not None:
             return self._given_sets.get(image_id)
-        log_dir = Path(self.trainer.log_dir or ".")
-        earlier = [d for d in log_dir.parent.glob("*") if d.is_dir() and d != log_dir]
+        earlier = [d for d in self._run_dir.parent.glob("*") if d.is_dir() and d != self._run_dir]
         return find_direction_set(earlier, image_id, self.discovery_meta(image_id))
 
     def mask_of(self, label: str) -> Tensor:
