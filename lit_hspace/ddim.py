@@ -33,11 +33,14 @@ class DDIM:
     def __init__(self, model: HSpaceUNet, num_steps: int = 50):
         if not 1 <= num_steps <= model.num_train_timesteps:
             raise ValueError(f"num_steps={num_steps} must be in [1, {model.num_train_timesteps}]")
-        # No clipping of the predicted x0: inversion must be invertible.
-        kwargs = dict(clip_sample=False, set_alpha_to_one=True, timestep_spacing="leading", steps_offset=0)
+        kwargs = dict(set_alpha_to_one=True, timestep_spacing="leading", steps_offset=0)
         self.model = model
-        self.scheduler = DDIMScheduler.from_config(model.scheduler_config, **kwargs)
-        self.inverse = DDIMInverseScheduler.from_config(model.scheduler_config, **kwargs)
+        # Sampling clips the predicted x0 to [-1, 1] where the checkpoint's schedule says so (clip_sample, as
+        # diffusers' pipelines do); inversion never clips. Where a model predicts x0 within [-1, 1], as on its
+        # data, clipping changes nothing and inversion followed by sampling reconstructs the image.
+        clip = bool(model.scheduler_config.get("clip_sample", False))
+        self.scheduler = DDIMScheduler.from_config(model.scheduler_config, **kwargs, clip_sample=clip)
+        self.inverse = DDIMInverseScheduler.from_config(model.scheduler_config, **kwargs, clip_sample=False)
         self.scheduler.set_timesteps(num_steps)
         self.inverse.set_timesteps(num_steps)
         self.num_steps = num_steps
@@ -75,15 +78,17 @@ class DDIM:
                 x = self.scheduler.step(self.model(x, t), t, x).prev_sample
                 continue
             enc = self.model.encode(x, t)
-            eps_edit = self.model.decode(enc.h + edit.delta_h, enc)
-            x_next = self.scheduler.step(eps_edit, t, x).prev_sample
-            if edit.injection == "x0":  # replace the direction term's noise by the unedited prediction
-                x_next = x_next + self._direction_coefficient(t) * (self.model.decode(enc.h, enc) - eps_edit)
-            x = x_next
+            edited = self.scheduler.step(self.model.decode(enc.h + edit.delta_h, enc), t, x)
+            if edit.injection == "x0_and_direction":
+                x = edited.prev_sample
+                continue
+            # "x0": the edited predicted x0, the unedited step's direction term.
+            plain = self.scheduler.step(self.model.decode(enc.h, enc), t, x)
+            shift = self._alpha_prev(t) ** 0.5 * (edited.pred_original_sample - plain.pred_original_sample)
+            x = plain.prev_sample + shift
         return x
 
-    def _direction_coefficient(self, t: int) -> float:
-        """sqrt(1 - alpha_bar_prev): the weight of the noise prediction in the DDIM direction term."""
+    def _alpha_prev(self, t: int) -> float:
+        """alpha_bar of the step's target timestep (the DDIM weight of the predicted x0 is its square root)."""
         prev = t - self.scheduler.config.num_train_timesteps // self.num_steps
-        alpha_prev = self.scheduler.alphas_cumprod[prev] if prev >= 0 else self.scheduler.final_alpha_cumprod
-        return float((1 - alpha_prev) ** 0.5)
+        return float(self.scheduler.alphas_cumprod[prev] if prev >= 0 else self.scheduler.final_alpha_cumprod)

@@ -12,10 +12,11 @@ from lit_hspace.hspace import HSpaceUNet
 @pytest.fixture(scope="module")
 def time_only_model():
     """A UNet whose noise prediction depends on t but not on x (conv_in zeroed): for such a model the
-    deterministic DDIM step is exactly invertible, so inversion + sampling must give the image back."""
+    deterministic DDIM step is exactly invertible, so inversion + sampling must give the image back
+    (without clipping of the predicted x0: this model's x0 predictions leave [-1, 1])."""
     unet = tiny_unet()
     unet.conv_in.weight.data.zero_()
-    return HSpaceUNet(unet, DDPMScheduler().config, "time-only")
+    return HSpaceUNet(unet, DDPMScheduler(clip_sample=False).config, "time-only")
 
 
 @pytest.mark.parametrize("steps", [10, 50])
@@ -51,19 +52,29 @@ def test_zero_edit_is_no_edit_and_edit_starts_at_its_timestep(tiny_model):
     assert (ddim.sample(x_T, edit=Edit(shift, start=600)) - plain).abs().max() > 1e-3
 
 
-def test_x0_only_injection_matches_the_asyrp_formula(tiny_model):
-    """One step with injection "x0": x_prev = sqrt(a_prev) P_t(eps_edit) + sqrt(1 - a_prev) eps, written out by hand."""
-    ddim = DDIM(tiny_model, 10)
+@pytest.mark.parametrize("clip", [False, True])
+def test_injections_match_the_ddim_and_asyrp_formulas(clip):
+    """One edited step, written out by hand. "x0" (Asyrp): x_prev = sqrt(a_prev) x0(eps_edit) + sqrt(1 - a_prev) eps_dir,
+    with eps_dir the unedited prediction; "x0_and_direction": the edited prediction drives both terms. Where the
+    checkpoint's schedule clips (clip_sample), the predicted x0 is clamped to [-1, 1] and the direction term
+    keeps the model's eps, as diffusers' DDIM step does."""
+    model = HSpaceUNet(tiny_unet(), DDPMScheduler(clip_sample=clip).config, "tiny")
+    ddim = DDIM(model, 10)
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
-    shift = torch.randn(1, *tiny_model.h_shape)
+    shift = torch.randn(1, *model.h_shape)
     t, t_prev = 600, 500
     a_t, a_prev = ddim.scheduler.alphas_cumprod[t], ddim.scheduler.alphas_cumprod[t_prev]
-    eps, eps_edit = tiny_model(x, t), tiny_model(x, t, delta_h=shift)
-    x0_edit = (x - (1 - a_t).sqrt() * eps_edit) / a_t.sqrt()
+
+    def x0_of(eps):
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        return x0.clamp(-1, 1) if clip else x0
+
+    eps, eps_edit = model(x, t), model(x, t, delta_h=shift)
+    x0_edit = x0_of(eps_edit)
+    assert ((x - (1 - a_t).sqrt() * eps_edit) / a_t.sqrt()).abs().max() > 1  # so clamping is exercised
     expected = a_prev.sqrt() * x0_edit + (1 - a_prev).sqrt() * eps
     got = ddim.sample(x, start=t, stop=t_prev, edit=Edit(shift, start=t, injection="x0"))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    # With injection into both terms, the edited prediction drives the whole step.
     expected_both = a_prev.sqrt() * x0_edit + (1 - a_prev).sqrt() * eps_edit
     got_both = ddim.sample(x, start=t, stop=t_prev, edit=Edit(shift, start=t))
     torch.testing.assert_close(got_both, expected_both, atol=1e-5, rtol=1e-5)
