@@ -75,7 +75,7 @@ def main() -> None:
     train_images, _ = synth_batch(range(64), size)
     recon = reconstruction_error(model, train_images), reconstruction_error(model, data)
 
-    hparams = (args.run / "hparams.yaml").read_text()
+    hparams = "\n".join(line for line in (args.run / "hparams.yaml").read_text().splitlines() if not line.startswith("_"))
     with (args.run / "metrics.csv").open() as f:
         steps = max(int(row["step"]) for row in csv.DictReader(f)) + 1
     config = json.loads((target / "config.json").read_text())
