@@ -20,12 +20,16 @@ from lit_hspace.hspace import Encoded, HSpaceUNet
 class JacobianOperator:
     """J = d fn(h) / dh at h0, for a batch-independent fn, applied to batches of directions.
 
-    `chunk_size` bounds how many directions go through fn at once (memory grows linearly in it).
+    fn is linearised once, at h0 repeated `chunk_size` times: one forward pass whose graph serves every
+    later product. J^T u is one backward pass through it; J v is a backward pass through that backward
+    (J v = d/du <J^T u, v>, exact since J^T u is linear in u), cheaper than forward-mode AD through a UNet.
+    Directions go through in chunks of `chunk_size` (memory grows linearly in it).
     """
 
     def __init__(self, fn: Callable[[Tensor], Tensor], h0: Tensor, chunk_size: int = 64):
         self.fn, self.h0, self.chunk_size = fn, h0, chunk_size
         self.in_shape = tuple(h0.shape[1:])
+        self._linear: dict[int, tuple[Callable, Callable]] = {}
 
     @classmethod
     def of_decoder(cls, model: HSpaceUNet, enc: Encoded, chunk_size: int = 64) -> JacobianOperator:
@@ -36,27 +40,44 @@ class JacobianOperator:
     def dim(self) -> int:
         return math.prod(self.in_shape)
 
-    def _chunked(self, op: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-        return torch.cat([op(part) for part in x.split(self.chunk_size)])
+    def _linearised(self, batch: int) -> tuple[Callable, Callable]:
+        """(u -> J^T u, v -> J v) for batches of exactly `batch` rows."""
+        if batch not in self._linear:
+            # Fused attention kernels have no double backward; the math kernel does.
+            with sdpa_kernel(SDPBackend.MATH):
+                out, pullback = torch.func.vjp(self.fn, self.h0.expand(batch, *self.in_shape).clone())
+                _, pushforward = torch.func.vjp(lambda u: pullback(u)[0], torch.zeros_like(out))
+            self._linear[batch] = (lambda u: pullback(u)[0], lambda v: pushforward(v)[0])
+        return self._linear[batch]
+
+    def _chunked(self, which: int, x: Tensor) -> Tensor:
+        """Equal chunks of at most chunk_size rows (the last one zero-padded), so that one linearisation
+        serves every chunk; a subspace iteration always sends the same number of rows."""
+        chunks = math.ceil(len(x) / self.chunk_size)
+        size = math.ceil(len(x) / chunks)
+        op = self._linearised(size)[which]
+        out = []
+        for part in x.split(size):
+            padded = torch.cat([part, part.new_zeros(size - len(part), *part.shape[1:])])
+            out.append(op(padded)[: len(part)])
+        return torch.cat(out)
 
     def jvp(self, v: Tensor) -> Tensor:
         """J v for each row of v: (b, *h_shape) -> (b, *out_shape)."""
-
-        def one_chunk(v: Tensor) -> Tensor:
-            # Fused attention kernels have no forward-AD formula; the math kernel does.
-            with sdpa_kernel(SDPBackend.MATH):
-                return torch.func.jvp(self.fn, (self.h0.expand_as(v).clone(),), (v,))[1]
-
-        return self._chunked(one_chunk, v)
+        return self._chunked(1, v)
 
     def vjp(self, u: Tensor) -> Tensor:
         """J^T u for each row of u: (b, *out_shape) -> (b, *h_shape)."""
+        return self._chunked(0, u)
 
-        def one_chunk(u: Tensor) -> Tensor:
-            _, pullback = torch.func.vjp(self.fn, self.h0.expand(u.shape[0], *self.in_shape))
-            return pullback(u)[0]
+    def jvp_forward_mode(self, v: Tensor) -> Tensor:
+        """J v by forward-mode AD, one forward pass per chunk (a reference for tests and benchmarks)."""
 
-        return self._chunked(one_chunk, u)
+        def one_chunk(v: Tensor) -> Tensor:
+            with sdpa_kernel(SDPBackend.MATH):  # fused attention kernels have no forward-AD formula
+                return torch.func.jvp(self.fn, (self.h0.expand_as(v).clone(),), (v,))[1]
+
+        return torch.cat([one_chunk(part) for part in v.split(self.chunk_size)])
 
 
 @dataclass

@@ -28,13 +28,20 @@ def test_split_reproduces_the_unet(tiny_model):
     assert not torch.allclose(tiny_model(x, 321, delta_h=torch.ones(tiny_model.h_shape)), expected)
 
 
-def test_products_match_explicit_jacobian(tiny_model, encoded, explicit_jacobian):
-    """Batched forward-mode (through attention) and reverse-mode products equal J v and J^T u."""
-    jac = JacobianOperator.of_decoder(tiny_model, encoded, chunk_size=2)  # chunking exercised too
-    v = torch.randn(5, *tiny_model.h_shape)
-    u = torch.randn(5, 3, 16, 16)
+@pytest.mark.parametrize("chunk_size, rows", [(2, 5), (3, 7), (8, 5)])
+def test_products_match_explicit_jacobian(tiny_model, encoded, explicit_jacobian, chunk_size, rows):
+    """Linearised products (J^T u by backward, J v by double backward, through attention) and forward-mode
+    J v equal the explicit Jacobian's, for batches that do not divide into chunks (zero padding exercised)."""
+    jac = JacobianOperator.of_decoder(tiny_model, encoded, chunk_size=chunk_size)
+    v = torch.randn(rows, *tiny_model.h_shape)
+    u = torch.randn(rows, 3, 16, 16)
     torch.testing.assert_close(jac.jvp(v).flatten(1), v.flatten(1) @ explicit_jacobian.T, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(jac.vjp(u).flatten(1), u.flatten(1) @ explicit_jacobian, atol=1e-5, rtol=1e-4)
+    forward_mode = jac.jvp_forward_mode(v).flatten(1)
+    torch.testing.assert_close(forward_mode, v.flatten(1) @ explicit_jacobian.T, atol=1e-5, rtol=1e-4)
+    # A second call reuses the linearisation and still sees its new input.
+    torch.testing.assert_close(jac.jvp(2 * v).flatten(1), 2 * v.flatten(1) @ explicit_jacobian.T, atol=1e-5, rtol=1e-4)
+    assert len(jac._linear) == 1
 
 
 @pytest.mark.parametrize("masked", [False, True])
