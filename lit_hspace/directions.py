@@ -31,12 +31,39 @@ class DirectionSet:
         return [i for i, lab in enumerate(self.labels) if lab == label]
 
     @property
+    def names(self) -> dict[int, str]:
+        """Names given to directions (index -> name), by a user or from the factor probe."""
+        return {int(i): name for i, name in self.meta.get("names", {}).items()}
+
+    def index_of(self, name: str) -> int:
+        found = [i for i, n in self.names.items() if n == name]
+        if not found:
+            have = ", ".join(f"{i}={n}" for i, n in sorted(self.names.items())) or "none"
+            raise ValueError(f"direction set of image '{self.meta.get('image')}' has no direction named '{name}' (its names: {have})")
+        return found[0]
+
+    def with_names(self, names: dict[int, str]) -> DirectionSet:
+        """This set with `names` added to its names (index -> name)."""
+        for i, name in names.items():
+            if not 0 <= i < len(self.labels):
+                raise ValueError(f"direction index {i} does not exist: the set has {len(self.labels)} directions (0 .. {len(self.labels) - 1})")
+            if not name or not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"direction name '{name}' must be letters, digits, '_' or '-'")
+        merged = {**self.names, **names}
+        taken = [n for n in set(merged.values()) if list(merged.values()).count(n) > 1]
+        if taken:
+            raise ValueError(f"direction names must be unique; {sorted(taken)} would name several directions")
+        meta = {**self.meta, "names": {str(i): n for i, n in sorted(merged.items())}}
+        return DirectionSet(self.directions, self.singular_values, self.labels, self.x_t, meta)
+
+    @property
     def groups(self) -> list[str]:
         return list(dict.fromkeys(self.labels))
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, replace: bool = False) -> Path:
+        """Write the set; an existing file is refused unless `replace` (naming rewrites a set in place)."""
         path = Path(path)
-        if path.exists():
+        if path.exists() and not replace:
             raise FileExistsError(f"'{path}' exists; direction sets are never overwritten")
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {
@@ -45,7 +72,9 @@ class DirectionSet:
             "x_t": self.x_t.detach().float().cpu().contiguous(),
         }
         meta = {**self.meta, "labels": self.labels, "lit_hspace_version": lit_hspace.__version__}
-        save_file(tensors, str(path), metadata={"lit_hspace": json.dumps(meta)})
+        partial = path.with_name(path.name + ".partial")  # never a half-written set under the real name
+        save_file(tensors, str(partial), metadata={"lit_hspace": json.dumps(meta)})
+        partial.replace(path)
         return path
 
     @classmethod
@@ -87,3 +116,37 @@ def find_direction_set(run_dirs: list[Path], image_id: str, wanted: dict[str, An
             if stored.matches(wanted):
                 return stored
     return None
+
+
+def name_directions(path: str | Path, assignments: list[str]) -> DirectionSet:
+    """Name directions of a stored set in place: assignments like ["0=smile", "3=red_lips"]."""
+    names = {}
+    for item in assignments:
+        index, sep, name = item.partition("=")
+        if not sep or not index.strip().isdigit():
+            raise ValueError(f"'{item}' is not INDEX=NAME (for example 0=smile)")
+        names[int(index)] = name.strip()
+    named = DirectionSet.load(path).with_names(names)
+    named.save(path, replace=True)
+    return named
+
+
+def main(args: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lit_hspace.directions", description="Inspect or name direction sets.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    show = commands.add_parser("show", help="list a set's directions: index, group, singular value, name")
+    show.add_argument("path")
+    name = commands.add_parser("name", help="name directions: INDEX=NAME ...")
+    name.add_argument("path")
+    name.add_argument("assignments", nargs="+", metavar="INDEX=NAME")
+    parsed = parser.parse_args(args)
+    dset = name_directions(parsed.path, parsed.assignments) if parsed.command == "name" else DirectionSet.load(parsed.path)
+    print(f"{parsed.path}: {dset.meta.get('method')} on image {dset.meta.get('image')} of {dset.meta.get('model')}")
+    for i, (label, value) in enumerate(zip(dset.labels, dset.singular_values.tolist())):
+        print(f"{i:4d}  {label:10s}  {value:12.4g}  {dset.names.get(i, '')}")
+
+
+if __name__ == "__main__":
+    main()

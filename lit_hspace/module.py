@@ -24,6 +24,22 @@ from lit_hspace.metrics import METRICS, FactorChange, MaskedMSE, masked_mse, to_
 from lit_hspace.regions import Region, region_masks, resolve_regions
 
 
+def factor_names(rows: list[dict]) -> dict[int, str]:
+    """Name each edited direction after the factor it moves most (mean change over its non-zero strengths);
+    a factor already taken gets the direction's index appended."""
+    changes: dict[int, dict[str, list[float]]] = {}
+    for row in rows:
+        if row["strength"] != 0:
+            for key, value in row.items():
+                if key.startswith("d_"):
+                    changes.setdefault(row["direction"], {}).setdefault(key[2:], []).append(abs(value))
+    names: dict[int, str] = {}
+    for j, factors in changes.items():
+        top = max(factors, key=lambda f: sum(factors[f]) / len(factors[f]))
+        names[j] = top if top not in names.values() else f"{top}_{j}"
+    return names
+
+
 class HSpaceEditor(L.LightningModule):
     """Local h-space directions of a frozen diffusers UNet, and edits along them.
 
@@ -37,6 +53,8 @@ class HSpaceEditor(L.LightningModule):
         strengths: edit strengths a (h <- h + a v); the grid has one column per strength.
         edit_directions: how many directions of each group (region) to edit and show, in order.
         edit_regions: edit only the directions of these regions (by default those of every region).
+        edit_names: edit only the directions with these names (named with `python -m lit_hspace.directions
+            name`, or from the factor probe); needs `directions`.
         injection: "x0_and_direction" (Haas et al.) or "x0" (Asyrp).
         directions: a direction set file, or a folder of them (`<image id>.safetensors`), to edit with
             instead of discovering; by default, sets that earlier runs of this experiment stored for the
@@ -59,6 +77,7 @@ class HSpaceEditor(L.LightningModule):
         strengths: list[float] | None = None,
         edit_directions: int = 3,
         edit_regions: list[str] | None = None,
+        edit_names: list[str] | None = None,
         injection: Injection = "x0_and_direction",
         directions: str | None = None,
         chunk_size: int = 64,
@@ -81,6 +100,9 @@ class HSpaceEditor(L.LightningModule):
         if edit_regions is not None and not set(edit_regions) <= set(names):
             raise ValueError(f"edit_regions {sorted(set(edit_regions) - set(names))} are not among the regions {names}")
         self.edit_regions = edit_regions
+        if edit_names is not None and directions is None:
+            raise ValueError("edit_names picks named directions of given direction sets: set `directions` as well")
+        self.edit_names = edit_names
         self.strengths = list(strengths) if strengths is not None else [-50.0, -25.0, 0.0, 25.0, 50.0]
         self.edit_directions, self.injection, self.directions_path = edit_directions, injection, directions
         self.chunk_size, self.edit_batch_size, self.seed = chunk_size, edit_batch_size, seed
@@ -159,6 +181,8 @@ class HSpaceEditor(L.LightningModule):
             for file in files:
                 stored = DirectionSet.load(file)
                 stored.check_fits(self.hspace)
+                for name in self.edit_names or []:
+                    stored.index_of(name)  # every asked-for name exists, before any compute
                 self._given_sets[file.stem] = stored
 
     def stored_set(self, image_id: str) -> DirectionSet | None:
@@ -180,7 +204,10 @@ class HSpaceEditor(L.LightningModule):
         return self.masks.amax(0, keepdim=True)
 
     def picked(self, dset: DirectionSet) -> list[int]:
-        """The first `edit_directions` directions of each group; joint ones only when nothing else exists."""
+        """The named directions asked for, or the first `edit_directions` of each group (joint ones only
+        when nothing else exists)."""
+        if self.edit_names is not None:
+            return [dset.index_of(name) for name in self.edit_names]
         groups = [g for g in dset.groups if g != "joint"] or dset.groups
         if self.edit_regions is not None:
             groups = [g for g in groups if g in self.edit_regions]
@@ -211,6 +238,10 @@ class HSpaceEditor(L.LightningModule):
             reference = self.ddim.sample(image_x_t, start=self.t)
             edits = self.edit(image_x_t, dset.directions[picks].to(self.device))
             rows = self.measure(image_id, dset, picks, edits, reference)
+            if discovered and self.factors is not None:
+                dset = dset.with_names(factor_names(rows))
+                for row in rows:
+                    row["name"] = dset.names.get(row["direction"], "")
             original = originals[i : i + 1] if originals is not None else reference
             results.append(
                 dict(
@@ -242,9 +273,14 @@ class HSpaceEditor(L.LightningModule):
                     metric.update(edited[moved], reference, mask)
             if self.factors is not None:
                 self.factors.update(values["factor_target"][moved], values["factor_off_target"][moved])
+            diff = (edited[moved] - reference).square()
+            inside_share = ((diff * mask).sum() / diff.sum().clamp(min=1e-12)).item()  # of the edit's squared change
             for col, strength in enumerate(self.strengths):
                 cells = {k: v[col].item() for k, v in values.items()}
-                rows.append(dict(image=image_id, direction=j, label=label, strength=strength, **cells))
+                rows.append(
+                    dict(image=image_id, direction=j, label=label, name=dset.names.get(j, ""), strength=strength,
+                         inside_share=inside_share, **cells)
+                )
         if "mse" in self.metric_names:
             for part, metric in self.mse.items():
                 self.log(f"test/mse_{part}", metric, on_step=False, on_epoch=True, batch_size=1)
