@@ -1,8 +1,13 @@
-"""Locality of haas, jive and rbe mouth directions on the built-in synthetic faces, against known factors.
+"""Locality and transfer of haas, jive and rbe mouth directions on the built-in synthetic faces.
 
-Each method runs its configs/synth/<method>_mouth.yaml through the CLI (discover, edit, measure) on the
-same N images (seeds) at the same strengths; the table averages the per-edit rows of its edits.csv
-over images, the first `edit_directions` directions and every non-zero strength.
+Each method runs its configs/synth/<method>_mouth.yaml through the CLI on the same N images (seeds
+0 .. N-1) at the same strengths, and is scored by the factor probe against the known factors:
+
+- locality: directions discovered on each image and applied to it;
+- transfer: directions discovered once, on a reference image (seed --reference), applied to all N images.
+
+Tables average the per-edit rows of each run's edits.csv over images, the first `edit_directions`
+directions and every non-zero strength.
 
     python benchmarks/locality.py --num-images 8 --out docs/locality.md
 """
@@ -12,6 +17,8 @@ from __future__ import annotations
 import argparse
 import csv
 import platform
+import re
+import statistics
 import tempfile
 import time
 from collections import defaultdict
@@ -26,19 +33,24 @@ CONFIGS = Path(__file__).parents[1] / "configs" / "synth"
 REGION_FACTORS = {region: [f.name for f in FACTORS if f.region == region] for region in {f.region for f in FACTORS}}
 
 
-def run_method(method: str, num_images: int, strengths: list[float], save_dir: Path) -> tuple[list[dict], float]:
-    start = time.perf_counter()
+def run(command: str, method: str, seeds: list[int], strengths: list[float], save_dir: Path, *extra: str) -> Path:
+    """One CLI run of the method's config; returns its run directory."""
+    name = f"{method}_{command}_{len(list(save_dir.glob('*')))}"
     cli([
-        "test", "--config", str(CONFIGS / f"{method}_mouth.yaml"),
-        f"--data.init_args.seeds={num_images}",
+        command, "--config", str(CONFIGS / f"{method}_mouth.yaml"),
+        f"--data.init_args.seeds={seeds}",
         f"--model.init_args.strengths={strengths}",
         f"--trainer.logger.init_args.save_dir={save_dir}",
+        f"--trainer.logger.init_args.name={name}",
         "--trainer.enable_progress_bar=false",
+        *extra,
     ])
-    seconds = time.perf_counter() - start
-    (edits,) = save_dir.glob(f"synth_{method}_mouth/version_*/edits.csv")
-    with edits.open() as f:
-        return [row for row in csv.DictReader(f) if float(row["strength"]) != 0], seconds
+    return save_dir / name / "version_0"
+
+
+def moved_rows(run_dir: Path) -> list[dict]:
+    with (run_dir / "edits.csv").open() as f:
+        return [row for row in csv.DictReader(f) if float(row["strength"]) != 0]
 
 
 def region_change(row: dict, region: str) -> float:
@@ -46,17 +58,19 @@ def region_change(row: dict, region: str) -> float:
     return max(abs(float(row[f"d_{name}"])) for name in REGION_FACTORS[region])
 
 
-def summarise(rows: list[dict]) -> dict[str, float]:
-    def mean(values) -> float:
-        values = list(values)
-        return sum(values) / len(values)
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
 
+
+def locality(rows: list[dict]) -> dict[str, float]:
     inside, outside = mean(float(r["mse_inside"]) for r in rows), mean(float(r["mse_outside"]) for r in rows)
     return {
         "edits": len(rows),
         "MSE inside": inside,
         "MSE outside": outside,
         "outside / inside": outside / inside,
+        "share inside": mean(float(r["inside_share"]) for r in rows),
         "target factor change": mean(float(r["factor_target"]) for r in rows),
         "off-target change": mean(float(r["factor_off_target"]) for r in rows),
         "mouth factors": mean(region_change(r, "mouth") for r in rows),
@@ -64,11 +78,35 @@ def summarise(rows: list[dict]) -> dict[str, float]:
     }
 
 
-def markdown(table: dict[str, dict[str, float]], first: str) -> str:
+def consistency(rows: list[dict], reference_names: dict[str, str]) -> dict[str, dict[str, float | str]]:
+    """Per direction: mean and spread over images of its per-image mean changes, and how often the factor it
+    moves most is the one it was named after on the reference image."""
+    per_image: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        per_image[row["direction"]][row["image"]].append(row)
+    table = {}
+    for direction, images in per_image.items():
+        target = [mean(float(r["factor_target"]) for r in rs) for rs in images.values()]
+        off = [mean(float(r["factor_off_target"]) for r in rs) for rs in images.values()]
+        name = reference_names.get(direction, "")
+        top = [max((f.name for f in FACTORS), key=lambda n: mean(abs(float(r[f"d_{n}"])) for r in rs)) for rs in images.values()]
+        table[direction] = {
+            "named on the reference": name,
+            "images": len(images),
+            "target change, mean": statistics.fmean(target),
+            "target change, sd": statistics.stdev(target) if len(target) > 1 else 0.0,
+            "off-target change, mean": statistics.fmean(off),
+            "off-target change, sd": statistics.stdev(off) if len(off) > 1 else 0.0,
+            "same top factor": mean(t == re.sub(r"_\d+$", "", name) for t in top),  # "smile_3": a second smile direction
+        }
+    return table
+
+
+def markdown(table: dict[str, dict], first: str) -> str:
     columns = list(next(iter(table.values())))
     lines = [f"| {first} | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
     for key, row in table.items():
-        cells = [f"{v:d}" if isinstance(v, int) else f"{v:.3g}" for v in row.values()]
+        cells = [f"{v:d}" if isinstance(v, int) else f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -77,33 +115,51 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=["haas", "jive", "rbe"])
     parser.add_argument("--num-images", type=int, default=8)
+    parser.add_argument("--reference", type=int, default=1000, help="seed of the reference image for transfer")
     parser.add_argument("--strengths", type=float, nargs="+", default=[-50, -25, 25, 50])
     parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = parser.parse_args()
 
-    overall, by_strength, seconds = {}, defaultdict(dict), {}
+    seeds = list(range(args.num_images))
+    overall, by_strength, transfer, seconds = {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
-            rows, seconds[method] = run_method(method, args.num_images, args.strengths, Path(tmp))
-            overall[method] = summarise(rows)
+            start = time.perf_counter()
+            rows = moved_rows(run("test", method, seeds, args.strengths, Path(tmp)))
+            seconds[method] = time.perf_counter() - start
+            overall[method] = locality(rows)
             for strength in sorted({abs(float(r["strength"])) for r in rows}):
-                by_strength[f"{method}, abs(a) = {strength:g}"] = summarise([r for r in rows if abs(float(r["strength"])) == strength])
+                by_strength[f"{method}, abs(a) = {strength:g}"] = locality([r for r in rows if abs(float(r["strength"])) == strength])
 
-    command = "python benchmarks/locality.py " + " ".join(
-        [f"--num-images {args.num_images}", "--strengths " + " ".join(f"{s:g}" for s in args.strengths)]
+            # Transfer: discover on the reference (its test run names the directions by the factor probe), then edit all N.
+            reference_run = run("test", method, [args.reference], args.strengths, Path(tmp))
+            (artifact,) = (reference_run / "directions").glob("*.safetensors")
+            reference_names = {r["direction"]: r["name"] for r in moved_rows(reference_run)}
+            rows = moved_rows(run("test", method, seeds, args.strengths, Path(tmp), f"--model.init_args.directions={artifact}"))
+            for direction, stats in consistency(rows, reference_names).items():
+                transfer[f"{method}, direction {direction}"] = stats
+
+    command = f"python benchmarks/locality.py --num-images {args.num_images} --reference {args.reference} --strengths " + " ".join(
+        f"{s:g}" for s in args.strengths
     )
     report = "\n\n".join([
-        "# Locality on the synthetic faces: mouth directions",
-        f"`{command}` on {platform.processor() or platform.machine()}, threads: {torch.get_num_threads()}, torch {torch.__version__}. "
+        "# Locality and transfer on the synthetic faces: mouth directions",
+        f"`{command}` on {platform.machine()} ({torch.get_num_threads()} threads), torch {torch.__version__}. "
         f"{args.num_images} images (seeds 0 .. {args.num_images - 1}), strengths {args.strengths}; each method's settings are "
-        "those of configs/synth/<method>_mouth.yaml. MSE on images in [0, 1] against the unedited sample; factor changes "
-        "in normalised units (a factor's whole range = 1) read by the factor probe: target = the largest change among the "
-        "mouth's factors (smile, mouth_open, lip_red), off-target = the mean change of the 10 other factors; "
-        "mouth / eye factors = the largest change among that region's factors.",
+        "those of configs/synth/<method>_mouth.yaml. MSE on images in [0, 1] against the unedited sample; share inside = "
+        "the part of an edit's squared pixel change that falls inside the mouth box. Factor changes in normalised units "
+        "(a factor's whole range = 1), read by the factor probe: target = the largest change among the mouth's factors "
+        "(smile, mouth_open, lip_red), off-target = the mean change of the 10 other factors; mouth / eye factors = the "
+        "largest change among that region's factors.",
+        "## Locality: directions found on each image",
         markdown(overall, "method"),
         "By edit strength:",
         markdown(by_strength, "method, strength"),
         "Wall time (discovery and edits of all images): " + ", ".join(f"{m} {s:.0f} s" for m, s in seconds.items()),
+        f"## Transfer: directions found on one image (seed {args.reference}), applied to the {args.num_images} images",
+        "Per direction, over images: mean and standard deviation of the per-image mean change; same top factor = the "
+        "share of images where the factor the direction moves most is the one it was named after on the reference.",
+        markdown(transfer, "method, direction"),
     ])
     print(report)
     if args.out:
