@@ -1,13 +1,20 @@
-"""Metrics of edits, as torchmetrics Metrics (synchronised across processes)."""
+"""Metrics of edits, as torchmetrics Metrics (synchronised across processes).
+
+Each edit is measured against its reference, the unedited sample from the same x_t; FID compares the
+edited images with the originals. Metrics that need downloaded weights look for them where their
+library keeps them, and say what is missing and how to get it before any compute.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
-from torch import Tensor
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
+from torchmetrics.image.fid import FrechetInceptionDistance
 
 Part = Literal["whole", "inside", "outside"]
 
@@ -91,4 +98,102 @@ class FactorChange(nn.Module):
         self.means["off_target"].update(off_target)
 
 
-METRICS = ("mse", "factors")
+class PairMetric(Metric):
+    """Mean over edits of a score between each edited image and its reference, both (B, 3, H, W) in [0, 1]."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def score(self, edited: Tensor, reference: Tensor) -> Tensor:
+        """(B,) scores; reference may be a single image for the whole batch."""
+        raise NotImplementedError
+
+    def update(self, edited: Tensor, reference: Tensor) -> None:
+        values = self.score(edited, reference)
+        self.total += values.sum().double()
+        self.count += values.numel()
+
+    def compute(self) -> Tensor:
+        return (self.total / self.count).float()
+
+
+def hub_checkpoint(url: str) -> Path:
+    """Where torch.hub (torchvision, torch-fidelity) keeps a downloaded file: $TORCH_HOME/hub/checkpoints."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def require_file(path: Path, metric: str, how: str) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"the {metric} metric needs '{path}', which is missing. {how}")
+    return path
+
+
+def _hub_how(url: str) -> str:
+    return f"Where there is network, download {url} and copy it into {hub_checkpoint(url).parent} (TORCH_HOME moves that folder)."
+
+
+class LPIPS(PairMetric):
+    """LPIPS (the lpips package, AlexNet, as the papers). `pretrained_backbone=False` gives a random
+    backbone with the shipped linear heads (for tests: its values mean nothing)."""
+
+    higher_is_better = False
+
+    def __init__(self, pretrained_backbone: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        import lpips
+        from torchvision.models import AlexNet_Weights
+
+        if pretrained_backbone:
+            url = AlexNet_Weights.IMAGENET1K_V1.url
+            require_file(hub_checkpoint(url), "lpips", _hub_how(url))
+        self.net = lpips.LPIPS(net="alex", pnet_rand=not pretrained_backbone, verbose=False).eval().requires_grad_(False)
+
+    def score(self, edited: Tensor, reference: Tensor) -> Tensor:
+        return self.net(2 * edited - 1, (2 * reference - 1).expand_as(edited)).flatten()
+
+
+ARCFACE = Path("~/.insightface/models/buffalo_l/w600k_r50.onnx").expanduser()
+
+
+class IdentitySimilarity(PairMetric):
+    """Cosine similarity of ArcFace embeddings (insightface's buffalo_l recognition model) between each edit
+    and its reference. The images are taken as aligned face crops, as CelebA-HQ's and the synthetic faces
+    are, and resized to the model's 112 x 112 input."""
+
+    higher_is_better = True
+
+    def __init__(self, model_file: str | Path = ARCFACE, **kwargs):
+        super().__init__(**kwargs)
+        from insightface.model_zoo import get_model
+        from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+
+        how = (
+            "It is part of insightface's buffalo_l model pack: where there is network run "
+            "`python -c \"import insightface; insightface.app.FaceAnalysis(name='buffalo_l')\"`, "
+            f"then copy ~/.insightface/models/buffalo_l/ here."
+        )
+        self.arcface = get_model(str(require_file(Path(model_file), "id", how)))
+        if not isinstance(self.arcface, ArcFaceONNX):
+            raise ValueError(f"'{model_file}' is not an ArcFace recognition model (insightface routed it to {type(self.arcface).__name__})")
+
+    def embed(self, images: Tensor) -> Tensor:
+        bgr = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).flip(-1).cpu().numpy()
+        return torch.from_numpy(self.arcface.get_feat(list(bgr))).float().to(images.device)
+
+    def score(self, edited: Tensor, reference: Tensor) -> Tensor:
+        return F.cosine_similarity(self.embed(edited), self.embed(reference).expand(len(edited), -1), dim=1)
+
+
+def inception_fid(**kwargs) -> FrechetInceptionDistance:
+    """torchmetrics' FID on Inception-v3 pool features, images in [0, 1], weights from the torch-fidelity cache."""
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    path = require_file(hub_checkpoint(URL_INCEPTION_V3), "fid", _hub_how(URL_INCEPTION_V3))
+    return FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(path), **kwargs)
+
+
+METRICS = ("mse", "lpips", "id", "fid", "factors")

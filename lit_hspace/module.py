@@ -20,7 +20,7 @@ from lit_hspace.directions import DirectionSet, find_direction_set
 from lit_hspace.hspace import HSpaceUNet
 from lit_hspace.jacobian import JacobianOperator
 from lit_hspace.methods import RBE, DiscoveryMethod
-from lit_hspace.metrics import METRICS, FactorChange, MaskedMSE, masked_mse, to_unit
+from lit_hspace.metrics import LPIPS, METRICS, FactorChange, IdentitySimilarity, MaskedMSE, inception_fid, masked_mse, to_unit
 from lit_hspace.regions import Region, region_masks, resolve_regions
 
 
@@ -62,8 +62,10 @@ class HSpaceEditor(L.LightningModule):
         chunk_size: directions per batched Jacobian product (memory grows linearly with it).
         edit_batch_size: edited images sampled at once.
         seed: seed of the subspace iterations' random start.
-        metrics: which metrics to compute: "mse" (masked MSE whole / inside / outside) and, for models of
-            the synthetic faces, "factors" (the factor probe's reading of what each edit changed).
+        metrics: which metrics to compute, each edit against the unedited sample: "mse" (masked MSE over
+            the whole image, inside and outside the region), "lpips" (AlexNet), "id" (ArcFace cosine
+            similarity), "fid" (Inception, edited images against the originals) and, for models of the
+            synthetic faces, "factors" (the factor probe's reading of what each edit changed).
     """
 
     def __init__(
@@ -113,6 +115,10 @@ class HSpaceEditor(L.LightningModule):
         self.image_size = self.hspace.image_shape[-1]
         self.register_buffer("masks", region_masks(self.regions, self.hspace.output_shape[-1]), persistent=False)
         self.method.check(self.regions, self.masks, math.prod(self.hspace.h_shape))
+        # Metrics with downloaded weights are built first: a missing file stops the run before any compute.
+        pair = {"lpips": LPIPS, "id": IdentitySimilarity}
+        self.pair_metrics = nn.ModuleDict({name: pair[name]() for name in self.metric_names if name in pair})
+        self.fid = inception_fid() if "fid" in self.metric_names else None
         self.mse = nn.ModuleDict({part: MaskedMSE(part) for part in ("whole", "inside", "outside")})
         self.factors = None
         if "factors" in self.metric_names:
@@ -174,6 +180,11 @@ class HSpaceEditor(L.LightningModule):
     def on_test_start(self) -> None:
         self._check_grad_mode()
         self._run_dir = Path(self.trainer.log_dir or ".")  # a collective under DDP: read once, on every rank
+        if self.fid is not None:
+            loaders = self.trainer.test_dataloaders
+            count = sum(len(d.dataset) for d in (loaders if isinstance(loaders, (list, tuple)) else [loaders]))
+            if count < 2:
+                raise ValueError(f"the fid metric compares two sets of images and needs at least 2 images; the data has {count}")
         self._given_sets: dict[str, DirectionSet] = {}
         if self.directions_path is not None:  # load and check all given sets before any compute
             path = Path(self.directions_path)
@@ -243,6 +254,9 @@ class HSpaceEditor(L.LightningModule):
                 for row in rows:
                     row["name"] = dset.names.get(row["direction"], "")
             original = originals[i : i + 1] if originals is not None else reference
+            if self.fid is not None:
+                self.fid.update(to_unit(original), real=True)
+                self.log("test/fid", self.fid, on_step=False, on_epoch=True, batch_size=1)
             results.append(
                 dict(
                     id=image_id,
@@ -265,12 +279,18 @@ class HSpaceEditor(L.LightningModule):
             values: dict[str, Tensor] = {}
             if "mse" in self.metric_names:
                 values |= {f"mse_{part}": masked_mse(edited, reference, mask, part) for part in self.mse}
+            for name, metric in self.pair_metrics.items():
+                values[name] = metric.score(edited, reference)
             if self.factors is not None:
                 values |= self.factors.changes(edited, reference, label)
             moved = torch.tensor(self.strengths, device=edited.device) != 0  # strength 0 is the reference itself
             if "mse" in self.metric_names:
                 for metric in self.mse.values():
                     metric.update(edited[moved], reference, mask)
+            for name, metric in self.pair_metrics.items():
+                metric.update(edited[moved], reference)
+            if self.fid is not None:
+                self.fid.update(edited[moved], real=False)
             if self.factors is not None:
                 self.factors.update(values["factor_target"][moved], values["factor_off_target"][moved])
             diff = (edited[moved] - reference).square()
@@ -284,6 +304,8 @@ class HSpaceEditor(L.LightningModule):
         if "mse" in self.metric_names:
             for part, metric in self.mse.items():
                 self.log(f"test/mse_{part}", metric, on_step=False, on_epoch=True, batch_size=1)
+        for name, metric in self.pair_metrics.items():
+            self.log(f"test/{name}", metric, on_step=False, on_epoch=True, batch_size=1)
         if self.factors is not None:
             for part, metric in self.factors.means.items():
                 self.log(f"test/factor_{part}", metric, on_step=False, on_epoch=True, batch_size=1)
