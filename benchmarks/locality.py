@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import platform
 import re
 import statistics
@@ -40,8 +41,7 @@ def run(command: str, method: str, seeds: list[int], strengths: list[float], sav
         command, "--config", str(CONFIGS / f"{method}_mouth.yaml"),
         f"--data.init_args.seeds={seeds}",
         f"--model.init_args.strengths={strengths}",
-        f"--trainer.logger.init_args.save_dir={save_dir}",
-        f"--trainer.logger.init_args.name={name}",
+        "--trainer.logger=" + json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(save_dir), "name": name}}),
         "--trainer.enable_progress_bar=false",
         *extra,
     ])

@@ -39,6 +39,11 @@ class RunDirCallback(L.Callback):
         self.run = Path(trainer.log_dir or trainer.default_root_dir)
 
 
+def loggers_with(trainer: L.Trainer, method: str) -> list:
+    """The run's loggers that can `method` (log_image, log_table: W&B yes, CSV no)."""
+    return [logger for logger in trainer.loggers if hasattr(logger, method)]
+
+
 class RunWriter(RunDirCallback):
     """Run directory layout:
 
@@ -64,14 +69,17 @@ class RunWriter(RunDirCallback):
         for result in outputs:
             if result["directions"] is not None:
                 self._save_set(trainer, result["directions"])
-            self._save_images(run, result, pl_module.strengths)
+            grid = self._save_images(run, result, pl_module.strengths)
+            for logger in loggers_with(trainer, "log_image"):
+                logger.log_image("grids", [grid], caption=[result["id"]])
             self._append_rows(self._rows_file(trainer), result["rows"])
 
     def _rows_file(self, trainer: L.Trainer) -> Path:
         name = "edits.csv" if trainer.world_size == 1 else f"edits.rank{trainer.global_rank}.csv"
         return self.run / name
 
-    def _save_images(self, run: Path, result: dict, strengths: list[float]) -> None:
+    def _save_images(self, run: Path, result: dict, strengths: list[float]) -> Tensor:
+        """Write every edit and the image's grid; return the grid."""
         image_id, edits = result["id"], to_unit(result["edits"]).float().cpu()
         folder = run / "images" / image_id
         folder.mkdir(parents=True, exist_ok=True)
@@ -85,7 +93,17 @@ class RunWriter(RunDirCallback):
                 save_image(edits[row, col], folder / name)
                 cells.append(edits[row, col])
         (run / "grids").mkdir(exist_ok=True)
-        save_image(make_grid(cells, nrow=1 + len(strengths), padding=2, pad_value=1.0), run / "grids" / f"{image_id}.png")
+        grid = make_grid(cells, nrow=1 + len(strengths), padding=2, pad_value=1.0)
+        save_image(grid, run / "grids" / f"{image_id}.png")
+        return grid
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        from lit_hspace.tracking import WandbTracker
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbTracker) and not logger.named_by_user and trainer.is_global_zero:
+                logger.experiment.name = pl_module.run_name
 
     @staticmethod
     def _append_rows(path: Path, rows: list[dict]) -> None:
@@ -113,6 +131,12 @@ class RunWriter(RunDirCallback):
                 part.unlink()
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        tables = loggers_with(trainer, "log_table")
+        if tables and (run / "edits.csv").exists():
+            with (run / "edits.csv").open() as f:
+                rows = list(csv.reader(f))
+            for logger in tables:
+                logger.log_table("edits", columns=rows[0], data=rows[1:])
 
 
 class SampleGrid(RunDirCallback):
@@ -132,8 +156,8 @@ class SampleGrid(RunDirCallback):
         folder = self.run / "samples"
         folder.mkdir(parents=True, exist_ok=True)
         save_image(grid, folder / f"step_{trainer.global_step:07d}.png")
-        if hasattr(trainer.logger, "log_image"):
-            trainer.logger.log_image("samples", [grid], step=trainer.global_step)
+        for logger in loggers_with(trainer, "log_image"):
+            logger.log_image("samples", [grid], step=trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.every_n_steps == 0 and trainer.is_global_zero:

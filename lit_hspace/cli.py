@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from lightning.pytorch.cli import LightningCLI
 
-# Each run gets its own runs/<experiment>/version_<n>/ (CSVLogger numbers them), so none is overwritten.
+from lit_hspace.tracking import SaveAndLogConfig
+
+# Each run gets its own versioned directory (configs name a CSVLogger: runs/<experiment>/version_<n>/), so none
+# is overwritten. No default logger here: jsonargparse would carry its arguments over to the loggers a config lists.
 TRAINER_DEFAULTS = {
     "inference_mode": False,  # Jacobian products need autograd in predict and test
-    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "default"}},
+    "default_root_dir": "runs",  # without a logger in the config: runs/lightning_logs/version_<n>/
 }
 
 
@@ -24,5 +27,6 @@ def main(args: list[str] | None = None) -> HSpaceCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         trainer_defaults=TRAINER_DEFAULTS,
+        save_config_callback=SaveAndLogConfig,
         args=args,
     )

@@ -131,6 +131,11 @@ class HSpaceEditor(L.LightningModule):
 
     # -- discovery ---------------------------------------------------------------------------
 
+    @property
+    def run_name(self) -> str:
+        """method_regions_t<timestep>, e.g. rbe_mouth_t0.6: how tracked runs are named."""
+        return f"{self.method.name}_{'+'.join(r.name for r in self.regions)}_t{self.timestep:g}"
+
     def discovery_meta(self, image_id: str) -> dict[str, Any]:
         return {
             "model": self.hspace.name,

@@ -1,0 +1,92 @@
+"""Weights & Biases tracking that never blocks a run: online where it can be, offline where it cannot.
+
+Configs list it after the CSVLogger, which keeps owning the run directory (runs/<experiment>/version_<n>/):
+
+    trainer:
+      logger:
+        - class_path: lightning.pytorch.loggers.CSVLogger
+          init_args: {save_dir: runs, name: rbe_mouth}
+        - class_path: lit_hspace.tracking.WandbTracker
+          init_args: {project: lit_hspace}
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import urllib.error
+import urllib.request
+import warnings
+from urllib.parse import urlparse
+
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+
+PROBE_SECONDS = 3.0
+
+
+def wandb_server() -> str:
+    """The W&B server's URL: WANDB_BASE_URL, by default the public one."""
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+
+
+def has_credentials(host: str) -> bool:
+    """An API key in WANDB_API_KEY or in ~/.netrc (where `wandb login` puts it)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def reachable(url: str, timeout: float = PROBE_SECONDS) -> bool:
+    """Whether an HTTP server answers at `url` within `timeout` (any status counts as an answer)."""
+    try:
+        urllib.request.urlopen(url, timeout=timeout).close()
+        return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):  # no name, refused, timed out, TLS failure
+        return False
+
+
+def choose_mode(offline: bool | None) -> tuple[bool, str]:
+    """(offline, why). An explicit choice or WANDB_MODE wins; otherwise online only with credentials and a
+    W&B server that answers within PROBE_SECONDS."""
+    if offline is not None:
+        return offline, "asked for"
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"] != "online", f"WANDB_MODE={os.environ['WANDB_MODE']}"
+    url = wandb_server()
+    if not has_credentials(urlparse(url).hostname or ""):
+        return True, "no W&B credentials (WANDB_API_KEY or `wandb login`)"
+    if not reachable(url):
+        return True, f"{url} did not answer within {PROBE_SECONDS:g} s"
+    return False, f"credentials and {url} reachable"
+
+
+class WandbTracker(WandbLogger):
+    """A WandbLogger that picks online or offline mode itself (see `choose_mode`) and, without a `name`,
+    names the run after the experiment (method, regions, timestep).
+
+    Offline runs land in <save_dir>/wandb/; `wandb sync <save_dir>/wandb/offline-run-*` uploads them later.
+    """
+
+    def __init__(self, project: str = "lit_hspace", name: str | None = None, save_dir: str = "runs", offline: bool | None = None, **kwargs):
+        offline, why = choose_mode(offline)
+        if offline and why != "asked for":
+            warnings.warn(f"W&B logs offline: {why}. Upload later with `wandb sync {save_dir}/wandb/offline-run-*`.", stacklevel=2)
+        os.makedirs(save_dir, exist_ok=True)
+        super().__init__(project=project, name=name, save_dir=save_dir, offline=offline, **kwargs)
+        self.named_by_user = name is not None
+
+
+class SaveAndLogConfig(SaveConfigCallback):
+    """Saves config.yaml in the run directory (as LightningCLI does) and logs the full config to the loggers."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        config = self.parser.dump(self.config, skip_none=False, format="json")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_hyperparams({"config": config})

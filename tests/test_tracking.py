@@ -1,0 +1,80 @@
+"""W&B tracking: mode choice without hanging, and an offline run that holds the metrics, grids, table and config."""
+
+import json
+import socket
+import time
+
+import pytest
+import yaml
+
+from lit_hspace import tracking
+from lit_hspace.cli import main
+from test_cli import write_config
+
+
+@pytest.fixture
+def no_wandb_env(monkeypatch, tmp_path):
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
+
+
+def test_offline_without_credentials(no_wandb_env):
+    assert tracking.choose_mode(None) == (True, "no W&B credentials (WANDB_API_KEY or `wandb login`)")
+    assert tracking.choose_mode(False) == (False, "asked for")
+
+
+def test_wandb_mode_wins(no_wandb_env, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert tracking.choose_mode(None)[0] is False
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert tracking.choose_mode(None)[0] is True
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP port that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+@pytest.mark.parametrize("kind", ["no such host", "refused", "never answers"])
+def test_unreachable_server_falls_back_offline_in_bounded_time(no_wandb_env, monkeypatch, silent_server, kind):
+    url = {"no such host": "https://wandb.invalid", "refused": "http://127.0.0.1:9", "never answers": silent_server}[kind]
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", url)
+    start = time.perf_counter()
+    offline, why = tracking.choose_mode(None)
+    assert offline and why == f"{url} did not answer within 3 s"
+    assert time.perf_counter() - start < tracking.PROBE_SECONDS + 1
+
+
+def test_offline_run_logs_grids_table_and_config(no_wandb_env, tmp_path, tiny_model_dir):
+    rbe = {"class_path": "lit_hspace.methods.RBE", "init_args": {"k": 2, "n_outside": 2, "max_iter": 3}}
+    config_path = write_config(tmp_path, tiny_model_dir, rbe, {"seeds": [0, 1]}, name="tracked")
+    config = yaml.safe_load(config_path.read_text())
+    csv_logger = config["trainer"]["logger"]
+    wandb_dir = tmp_path / "tracking"
+    config["trainer"]["logger"] = [csv_logger, {"class_path": "lit_hspace.tracking.WandbTracker", "init_args": {"save_dir": str(wandb_dir)}}]
+    config_path.write_text(yaml.safe_dump(config))
+    with pytest.warns(UserWarning, match="W&B logs offline: no W&B credentials"):
+        cli = main(["test", "--config", str(config_path)])
+
+    tracker = cli.trainer.loggers[1]
+    assert tracker.experiment.name == "rbe_mouth_t0.6"
+    metrics = json.loads((tmp_path / "runs" / "tracked" / "version_0" / "metrics.json").read_text())
+    assert set(metrics) == {"test/mse_whole", "test/mse_inside", "test/mse_outside"}
+    logged_config = json.loads(tracker.experiment.config["config"])
+    assert logged_config["model"]["init_args"]["timestep"] == 0.6
+    tracker.experiment.finish()
+    (run,) = wandb_dir.glob("wandb/offline-run-*")
+    files = run / "files"
+    assert len(list(files.glob("media/images/grids_*.png"))) == 2  # one grid per image
+    (table,) = files.glob("media/table/edits_*.table.json")
+    rows = json.loads(table.read_text())
+    assert rows["columns"][:5] == ["image", "direction", "label", "name", "strength"]
+    assert len(rows["data"]) == 2 * 2 * 3  # images x directions x strengths
