@@ -1,0 +1,110 @@
+"""Run a W&B sweep file on this machine, without W&B: `python -m lit_hspace.sweep sweeps/ranks.yaml`.
+
+The same files run with `wandb sweep` and `wandb agent`: their `command` is the CLI call and each
+parameter is a CLI key (`--model.init_args.timestep=0.4`; `config` picks a config file). Here the grid
+is expanded, every run's arguments are parsed first, so that a key the CLI does not know stops the sweep
+before any run starts, and then the runs go one after another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lit_hspace.cli import main as cli
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def load_sweep(path: str | Path) -> dict[str, Any]:
+    sweep = yaml.safe_load(Path(path).read_text())
+    if not isinstance(sweep, dict) or "parameters" not in sweep:
+        raise ValueError(f"'{path}' is not a W&B sweep file: it has no `parameters`")
+    if sweep.get("method", "grid") != "grid":
+        raise ValueError(f"'{path}': the local runner expands grids only (method: grid), not method: {sweep['method']}")
+    for key, spec in sweep["parameters"].items():
+        if not isinstance(spec, dict) or not ({"values", "value"} & set(spec)):
+            raise ValueError(f"'{path}': parameter '{key}' needs `values` (a list) or `value` for a grid")
+    return sweep
+
+
+def base_arguments(sweep: dict[str, Any]) -> list[str]:
+    """The sweep's command without the interpreter, the module and the W&B macros: [subcommand, --config, ...]."""
+    command = [c for c in sweep.get("command", []) if c not in ("${env}", "${interpreter}", "${program}", "${args}", "${args_no_hyphens}")]
+    start = next((i for i, c in enumerate(command) if c in SUBCOMMANDS), None)
+    if start is None:
+        raise ValueError(f"the sweep's command {sweep.get('command')} names none of the subcommands {SUBCOMMANDS}")
+    return command[start:]
+
+
+def format_value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def expand(sweep: dict[str, Any]) -> list[list[str]]:
+    """One argument list per grid point; `config` goes first, as later keys override a config's."""
+    keys = list(sweep["parameters"])
+    values = [spec["values"] if "values" in spec else [spec["value"]] for spec in sweep["parameters"].values()]
+    runs = []
+    for point in itertools.product(*values):
+        args = base_arguments(sweep)
+        chosen = dict(zip(keys, point))
+        if "config" in chosen:
+            args[1:1] = ["--config", str(chosen.pop("config"))]
+        runs.append(args + [f"--{key}={format_value(value)}" for key, value in chosen.items()])
+    return runs
+
+
+def parse_error(args: list[str]) -> str | None:
+    """Parse a run's arguments without building anything; the CLI's complaint, or None if they parse."""
+    errors = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
+        try:
+            cli(args + ["--print_config"])
+        except SystemExit as exit_:
+            if exit_.code not in (0, None):
+                lines = [line.strip() for line in errors.getvalue().splitlines()]
+                reasons = [line for line in lines if "not accepted" in line or "Unrecognized" in line]
+                return (reasons or [line for line in lines if line.startswith("error:")] or [f"exit code {exit_.code}"])[0]
+    return None
+
+
+def check(sweep: dict[str, Any], runs: list[list[str]]) -> None:
+    """Every sweep key is known to the CLI and every run's arguments parse, before any run starts."""
+    base = base_arguments(sweep)
+    for key, spec in sweep["parameters"].items():
+        if key != "config":
+            value = spec["values"][0] if "values" in spec else spec["value"]
+            error = parse_error(base + [f"--{key}={format_value(value)}"])
+            if error:
+                raise ValueError(f"sweep key '{key}' is not accepted by the CLI ({error})")
+    for run in runs:
+        error = parse_error(run)
+        if error:
+            raise ValueError(f"sweep run `python -m lit_hspace {' '.join(run)}` does not parse ({error})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep", help="a W&B sweep file (method: grid)")
+    parser.add_argument("--dry-run", action="store_true", help="check and list the runs, run none")
+    args = parser.parse_args(argv)
+
+    sweep = load_sweep(args.sweep)
+    runs = expand(sweep)
+    check(sweep, runs)
+    for i, run in enumerate(runs, 1):
+        print(f"[{i}/{len(runs)}] python -m lit_hspace {' '.join(run)}", flush=True)
+        if not args.dry_run:
+            cli(run)
+
+
+if __name__ == "__main__":
+    main()
