@@ -112,38 +112,78 @@ def subspace_iteration(
     tol: float = 1e-3,
     max_iter: int = 30,
     generator: torch.Generator | None = None,
+    oversample: int = 0,
 ) -> TruncatedSVD:
     """Top-k right singular vectors of diag(mask_i) J for every mask at once, by subspace iteration.
 
     masks: (m, 1 or C, H, W) weights on the output, or None for the whole output (m = 1).
     project_out: (p, n) orthonormal rows; the search is restricted to their orthogonal complement,
         i.e. the iteration runs on J P with P = I - project_out^T project_out.
-    Each iteration is one batched forward-mode product J V and one batched reverse-mode product
-    J^T (mask^2 * J V) over all m * k directions. It stops when the subspaces move less than `tol`
-    (sine of the largest principal angle) or after `max_iter` iterations.
+    Each iteration is one batched product J V and one batched product J^T (mask^2 * J V) over all
+    m * (k + oversample) directions. It stops when the top-k subspaces move less than `tol` (sine of the
+    largest principal angle) or after `max_iter` iterations. Oversampling iterates k + oversample vectors:
+    the top k then converge at the rate s_{k+oversample+1} / s_k instead of s_{k+1} / s_k.
     """
     n = jac.dim
     if not 1 <= k <= n:
         raise ValueError(f"k={k} directions asked for, but h-space has {n} dimensions: choose 1 <= k <= {n}.")
+    width = min(k + oversample, n - (0 if project_out is None else len(project_out)))
     if masks is None:
         masks = torch.ones(1, 1, 1, 1, device=jac.h0.device, dtype=jac.h0.dtype)
     m = masks.shape[0]
-    weights = (masks**2).repeat_interleave(k, dim=0)
+    weights = (masks**2).repeat_interleave(width, dim=0)
 
     def project(v: Tensor) -> Tensor:  # (m, n, k), columns kept orthogonal to project_out
         return v if project_out is None else v - project_out.T @ (project_out @ v)
 
-    start = torch.randn(m, n, k, generator=generator, dtype=torch.float64).to(jac.h0)
+    start = torch.randn(m, n, width, generator=generator, dtype=torch.float64).to(jac.h0)
     basis = torch.linalg.qr(project(start)).Q
     movement, values_sq = math.inf, None
     for iteration in range(1, max_iter + 1):
-        directions = basis.transpose(1, 2).reshape(m * k, *jac.in_shape)
+        directions = basis.transpose(1, 2).reshape(m * width, *jac.in_shape)
         pulled = jac.vjp(weights * jac.jvp(directions))  # J^T M^2 J V
-        pulled = project(pulled.reshape(m, k, n).transpose(1, 2))
+        pulled = project(pulled.reshape(m, width, n).transpose(1, 2))
         new_basis, values_sq, _ = torch.linalg.svd(pulled, full_matrices=False)
-        movement = principal_angle_sine(basis, new_basis).max().item()
+        movement = principal_angle_sine(basis[..., :k], new_basis[..., :k]).max().item()
         basis = new_basis
         if movement < tol:
             break
-    vectors = orient(basis.transpose(1, 2))
-    return TruncatedSVD(vectors, values_sq.clamp(min=0).sqrt(), iteration, movement)
+    vectors = orient(basis[..., :k].transpose(1, 2))
+    return TruncatedSVD(vectors, values_sq[..., :k].clamp(min=0).sqrt(), iteration, movement)
+
+
+def deflated_power_iteration(
+    jac: JacobianOperator,
+    k: int,
+    mask: Tensor | None = None,
+    tol: float = 1e-3,
+    max_iter: int = 30,
+    generator: torch.Generator | None = None,
+) -> TruncatedSVD:
+    """The one-direction-at-a-time baseline (the strategy of Haas et al.'s code): power iteration on
+    J^T M^2 J for one direction until it moves less than `tol`, then the next one, kept orthogonal to those
+    found (deflation). Each step is one jvp and one vjp at batch 1. For benchmarks against `subspace_iteration`.
+    """
+    n = jac.dim
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} directions asked for, but h-space has {n} dimensions: choose 1 <= k <= {n}.")
+    weight = (mask**2 if mask is not None else torch.ones(1, 1, 1, 1)).to(jac.h0)
+    found = jac.h0.new_zeros(0, n)
+    values, steps, movement = [], 0, math.inf
+    start = torch.randn(k, n, generator=generator, dtype=torch.float64).to(jac.h0)
+    for i in range(k):
+        v = start[i] - found.T @ (found @ start[i])
+        v = v / v.norm()
+        for _ in range(max_iter):
+            steps += 1
+            w = jac.vjp(weight * jac.jvp(v.reshape(1, *jac.in_shape))).flatten()
+            w = w - found.T @ (found @ w)
+            value_sq = w.norm()
+            w = w / value_sq
+            movement = principal_angle_sine(v[:, None], w[:, None]).item()
+            v = w
+            if movement < tol:
+                break
+        found = torch.cat([found, v[None]])
+        values.append(value_sq.clamp(min=0).sqrt())
+    return TruncatedSVD(orient(found)[None], torch.stack(values)[None], steps, movement)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lit_hspace.jacobian import JacobianOperator, principal_angle_sine, subspace_iteration
+from lit_hspace.jacobian import JacobianOperator, deflated_power_iteration, principal_angle_sine, subspace_iteration
 from lit_hspace.regions import Region
 
 
@@ -86,3 +86,26 @@ def test_k_larger_than_h_space(tiny_model, encoded):
     jac = JacobianOperator.of_decoder(tiny_model, encoded)
     with pytest.raises(ValueError, match="k=2000 directions"):
         subspace_iteration(jac, 2000)
+
+
+def test_deflated_power_iteration_matches_svd(tiny_model, encoded, explicit_jacobian):
+    """The one-at-a-time baseline finds the same top singular vectors and values (masked)."""
+    k = 3
+    mask = Region("mouth", (0.25, 0.5, 0.75, 0.9)).to_mask(16)[None]
+    _, s, vh = torch.linalg.svd(mask.expand(1, 3, 16, 16).reshape(-1, 1) * explicit_jacobian, full_matrices=False)
+    jac = JacobianOperator.of_decoder(tiny_model, encoded)
+    result = deflated_power_iteration(jac, k, mask, tol=1e-5, max_iter=2000, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(result.values[0], s[:k], rtol=1e-3, atol=0)
+    assert (result.vectors[0] * vh[:k]).sum(1).abs().min() > 0.99
+    torch.testing.assert_close(result.vectors[0] @ result.vectors[0].T, torch.eye(k), atol=1e-5, rtol=0)
+
+
+def test_oversampling_converges_in_fewer_iterations_to_the_same_subspace(tiny_model, encoded, explicit_jacobian):
+    k = 3
+    _, s, vh = torch.linalg.svd(explicit_jacobian, full_matrices=False)
+    jac = JacobianOperator.of_decoder(tiny_model, encoded)
+    runs = {p: subspace_iteration(jac, k, tol=1e-4, max_iter=400, generator=torch.Generator().manual_seed(0), oversample=p) for p in (0, k)}
+    for result in runs.values():
+        torch.testing.assert_close(result.values[0], s[:k], rtol=1e-4, atol=0)
+        assert principal_angle_sine(result.vectors[0].T, vh[:k].T).item() < 1e-2
+    assert runs[k].iterations < runs[0].iterations / 2, {p: r.iterations for p, r in runs.items()}
