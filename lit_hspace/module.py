@@ -163,10 +163,18 @@ class HSpaceEditor(L.LightningModule):
 
     def discover(self, x_t: Tensor, image_id: str) -> DirectionSet:
         """One image's direction set: subspace iteration(s) on the Jacobian of the part after h at x_t."""
-        with torch.enable_grad():
-            enc = self.hspace.encode(x_t, self.t)
-            jac = JacobianOperator.of_decoder(self.hspace, enc, self.chunk_size)
-            found = self.method.discover(jac, self.regions, self.masks, torch.Generator().manual_seed(self.seed))
+        try:
+            with torch.enable_grad():
+                enc = self.hspace.encode(x_t, self.t)
+                jac = JacobianOperator.of_decoder(self.hspace, enc, self.chunk_size)
+                found = self.method.discover(jac, self.regions, self.masks, torch.Generator().manual_seed(self.seed))
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err):
+                raise
+            raise MemoryError(
+                f"the Jacobian products of up to {self.chunk_size} directions at once do not fit in memory on {x_t.device}: "
+                f"lower model.init_args.chunk_size (now {self.chunk_size}); memory grows linearly with it"
+            ) from err
         vectors = found.vectors.reshape(-1, *self.hspace.h_shape)
         meta = {**self.discovery_meta(image_id), "convergence": found.info}
         return DirectionSet(vectors, found.values, found.labels, x_t.detach(), meta)

@@ -188,3 +188,15 @@ def test_artifact_for_another_model_is_refused_before_compute(tmp_path, tiny_mod
     with pytest.raises(ValueError, match="made for elsewhere"):
         main(["test", "--config", str(config), "--model.init_args.directions", str(artifact)])
     assert not list((tmp_path / "runs" / "refuse").glob("*/edits.csv"))
+
+
+def test_out_of_memory_names_what_to_lower(tiny_model_dir, monkeypatch):
+    from lit_hspace.jacobian import JacobianOperator
+
+    def too_big(self, batch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
+
+    monkeypatch.setattr(JacobianOperator, "_linearised", too_big)
+    module = HSpaceEditor(model=str(tiny_model_dir), chunk_size=48)
+    with pytest.raises(MemoryError, match=r"lower model.init_args.chunk_size \(now 48\)"):
+        module.discover(torch.zeros(1, 3, 16, 16), "img")
