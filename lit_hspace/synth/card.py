@@ -1,6 +1,6 @@
 """Ship a trained synthetic-faces DDPM: copy its EMA weights into the package and write its model card.
 
-    python -m lit_hspace.synth.card runs/synth_train/version_0 --hours 1.83 --hardware "2-core CPU"
+    python -m lit_hspace.synth.card runs/synth_train/version_0 --hours 1.83 --hardware "2-core CPU" --num-fid 1000
 
 The card gets 64 samples beside 64 dataset images, the probe-FID of samples against dataset images
 (with the probe-FID of two disjoint dataset sets as the floor), and DDIM reconstruction errors.
@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--num-fid", type=int, default=2000)
     parser.add_argument("--hours", type=float, required=True, help="training wall time")
     parser.add_argument("--hardware", required=True)
+    parser.add_argument("--command", default="python -m lit_hspace fit --config configs/synth/train.yaml", help="the training command as it was run")
     args = parser.parse_args()
 
     target = PACKAGED_MODELS["synth-faces"]
@@ -90,7 +91,7 @@ def main() -> None:
   {config['down_block_types']}; h-space {tuple(model.h_shape)}. DDPM schedule: linear betas 1e-4 .. 0.02, T = 1000.
   These are the EMA weights.
 - **Training**: {steps:,} steps of batch 32, {args.hours:.2f} h on {args.hardware}, seed 0:
-  `python -m lit_hspace fit --config configs/synth/train.yaml` (hyper-parameters below).
+  `{args.command}` (hyper-parameters below).
 - **Probe-FID** (Frechet distance of the factor probe's {probe.num_features} features, torchmetrics
   `FrechetInceptionDistance(feature=ProbeFeatures(probe))`, {args.num_fid} vs {args.num_fid} images, DDIM 50 steps):
   samples vs dataset **{fid:.3f}**; two disjoint dataset sets (the floor) {floor:.3f}.
