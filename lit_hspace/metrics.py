@@ -30,27 +30,6 @@ def masked_mse(edited: Tensor, reference: Tensor, mask: Tensor, part: Part) -> T
     return ((edited - reference).square() * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp(min=1)
 
 
-class MaskedMSE(Metric):
-    """Mean over edits of the per-image MSE between edited and reference images in one part of the image."""
-
-    higher_is_better = False
-    full_state_update = False
-
-    def __init__(self, part: Part = "whole", **kwargs):
-        super().__init__(**kwargs)
-        self.part = part
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, edited: Tensor, reference: Tensor, mask: Tensor) -> None:
-        values = masked_mse(edited, reference, mask, self.part)
-        self.total += values.sum().double()
-        self.count += values.numel()
-
-    def compute(self) -> Tensor:
-        return (self.total / self.count).float()
-
-
 class FactorChange(nn.Module):
     """What edits of the synthetic faces did to their factors, read off by the factor probe.
 
@@ -113,12 +92,28 @@ class PairMetric(Metric):
         raise NotImplementedError
 
     def update(self, edited: Tensor, reference: Tensor) -> None:
-        values = self.score(edited, reference)
-        self.total += values.sum().double()
-        self.count += values.numel()
+        self.add(self.score(edited, reference))
+
+    def add(self, scores: Tensor) -> None:
+        """Accumulate scores computed already (a run's per-edit rows need them anyway)."""
+        self.total += scores.sum().double()
+        self.count += scores.numel()
 
     def compute(self) -> Tensor:
         return (self.total / self.count).float()
+
+
+class MaskedMSE(PairMetric):
+    """Mean over edits of the per-image MSE between edited and reference images in one part of the image."""
+
+    higher_is_better = False
+
+    def __init__(self, part: Part = "whole", **kwargs):
+        super().__init__(**kwargs)
+        self.part = part
+
+    def update(self, edited: Tensor, reference: Tensor, mask: Tensor) -> None:
+        self.add(masked_mse(edited, reference, mask, self.part))
 
 
 def hub_checkpoint(url: str) -> Path:

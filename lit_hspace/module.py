@@ -119,10 +119,9 @@ class HSpaceEditor(L.LightningModule):
         pair = {"lpips": LPIPS, "id": IdentitySimilarity}
         self.pair_metrics = nn.ModuleDict({name: pair[name]() for name in self.metric_names if name in pair})
         self.fid = inception_fid() if "fid" in self.metric_names else None
-        self.mse = nn.ModuleDict({part: MaskedMSE(part) for part in ("whole", "inside", "outside")})
-        self.factors = None
-        if "factors" in self.metric_names:
-            self.factors = FactorChange(self.image_size, [r.name for r in self.regions])
+        parts = ("whole", "inside", "outside") if "mse" in self.metric_names else ()
+        self.mse = nn.ModuleDict({part: MaskedMSE(part) for part in parts})
+        self.factors = FactorChange(self.image_size, names) if "factors" in self.metric_names else None
 
     def configure_callbacks(self):
         from lit_hspace.callbacks import RunWriter
@@ -289,19 +288,16 @@ class HSpaceEditor(L.LightningModule):
         for row, j in enumerate(picks):
             label, mask = dset.labels[j], self.mask_of(dset.labels[j])
             edited = to_unit(edits[row])  # (S, C, H, W): this direction at every strength
-            values: dict[str, Tensor] = {}
-            if "mse" in self.metric_names:
-                values |= {f"mse_{part}": masked_mse(edited, reference, mask, part) for part in self.mse}
+            values = {f"mse_{part}": masked_mse(edited, reference, mask, part) for part in self.mse}
             for name, metric in self.pair_metrics.items():
                 values[name] = metric.score(edited, reference)
             if self.factors is not None:
                 values |= self.factors.changes(edited, reference, label)
             moved = torch.tensor(self.strengths, device=edited.device) != 0  # strength 0 is the reference itself
-            if "mse" in self.metric_names:
-                for metric in self.mse.values():
-                    metric.update(edited[moved], reference, mask)
+            for part, metric in self.mse.items():
+                metric.add(values[f"mse_{part}"][moved])
             for name, metric in self.pair_metrics.items():
-                metric.update(edited[moved], reference)
+                metric.add(values[name][moved])
             if self.fid is not None:
                 self.fid.update(edited[moved], real=False)
             if self.factors is not None:
@@ -314,9 +310,8 @@ class HSpaceEditor(L.LightningModule):
                     dict(image=image_id, direction=j, label=label, name=dset.names.get(j, ""), strength=strength,
                          inside_share=inside_share, **cells)
                 )
-        if "mse" in self.metric_names:
-            for part, metric in self.mse.items():
-                self.log(f"test/mse_{part}", metric, on_step=False, on_epoch=True, batch_size=1)
+        for part, metric in self.mse.items():
+            self.log(f"test/mse_{part}", metric, on_step=False, on_epoch=True, batch_size=1)
         for name, metric in self.pair_metrics.items():
             self.log(f"test/{name}", metric, on_step=False, on_epoch=True, batch_size=1)
         if self.factors is not None:
