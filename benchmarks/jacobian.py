@@ -1,13 +1,15 @@
 """Cost of finding k Jacobian directions, ours against the one-at-a-time baseline, in one run per model and k:
 
 (a) one forward pass of the part after h at batch k; (lin) our linearisation, once per image and timestep;
-(b) one subspace iteration of ours (with the methods' default oversampling: 2k vectors); (d) our iterations until the subspace moves less than --tol, and their
-time; (c) power iteration with deflation, one direction at a time (Haas et al.'s strategy), to the same
---tol; (e) peak memory (resident set on the CPU, allocated memory on a GPU). Each k runs in a fresh process
-so that peak memory is its own.
+(b) one subspace iteration of ours (k + --oversample vectors, by default 2k as the methods run it) and its cost
+per pushed vector in forward passes; (step) one step of the one-at-a-time baseline (J v and J^T u at batch 1);
+(d) our iterations until the subspace moves less than --tol, and their time; (c) power iteration with
+deflation (Haas et al.'s strategy) to the same --tol; (e) peak memory (resident set on the CPU, allocated
+memory on a GPU). Each k runs in a fresh process so that peak memory is its own. --no-convergence skips (d)
+and (c), for models where running to tol takes hours on the machine at hand.
 
-    python benchmarks/jacobian.py --model tiny-random --k 4 16
-    python benchmarks/jacobian.py --model random-celebahq-256 --k 2 8 --repeats 1 --no-deflation
+    python benchmarks/jacobian.py --model tiny-random --k 4 16 30
+    python benchmarks/jacobian.py --model random-celebahq-256 --k 30 --oversample 0 --chunk-size 4 --repeats 1 --no-convergence
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ def timed(fn):
     return time.perf_counter() - start, out
 
 
-def measure(model_name: str, k: int, repeats: int, tol: float, max_iter: int, deflation: bool, device: str) -> dict:
+def measure(args: argparse.Namespace, k: int) -> dict:
+    model_name, repeats, device = args.model, args.repeats, args.device
+    oversample = k if args.oversample is None else args.oversample
+    width = k + oversample
     torch.manual_seed(0)
     model = HSpaceUNet.from_pretrained(model_name).to(device)
     x_t = torch.randn(1, *model.image_shape, device=device)
@@ -54,18 +59,24 @@ def measure(model_name: str, k: int, repeats: int, tol: float, max_iter: int, de
             model.decode(h, enc.expand(k))
 
     forward()  # warm-up
-    result = {"model": model_name, "k": k, "forward": best_time(forward, repeats)}
-    # Ours as the methods run it: k extra vectors (oversample = k), so one iteration pushes 2k directions.
-    jac = JacobianOperator.of_decoder(model, enc, chunk_size=2 * k)
-    result["linearise"], _ = timed(lambda: jac._linearised(2 * k))
-    result["iteration"] = best_time(lambda: subspace_iteration(jac, k, tol=0.0, max_iter=1, generator=seed(), oversample=k), repeats)
-    result["ours_total"], ours = timed(lambda: subspace_iteration(jac, k, tol=tol, max_iter=max_iter, generator=seed(), oversample=k))
-    result["ours_iterations"] = ours.iterations
-    if deflation:
-        single = JacobianOperator.of_decoder(model, enc, chunk_size=1)
-        result["deflation"], baseline = timed(lambda: deflated_power_iteration(single, k, tol=tol, max_iter=max_iter, generator=seed()))
+    result = {"model": model_name, "k": k, "width": width, "forward": best_time(forward, repeats)}
+    chunk = args.chunk_size or width
+    jac = JacobianOperator.of_decoder(model, enc, chunk_size=chunk)
+    rows = jac.chunk_rows(width)
+    result["linearise"], _ = timed(lambda: jac._linearised(rows))
+    jac.vjp(jac.jvp(torch.zeros(rows, *model.h_shape, device=device)))  # first products allocate; not timed
+    ours = lambda tol, max_iter: subspace_iteration(jac, k, tol=tol, max_iter=max_iter, generator=seed(), oversample=oversample)  # noqa: E731
+    result["iteration"] = best_time(lambda: ours(0.0, 1), repeats)
+    single = JacobianOperator.of_decoder(model, enc, chunk_size=1)
+    v = torch.randn(1, *model.h_shape, device=device)
+    single.vjp(single.jvp(v))  # linearise at batch 1
+    result["step"] = best_time(lambda: single.vjp(single.jvp(v)), repeats)
+    if args.convergence:
+        result["ours_total"], found = timed(lambda: ours(args.tol, args.max_iter))
+        result["ours_iterations"] = found.iterations
+        result["deflation"], baseline = timed(lambda: deflated_power_iteration(single, k, tol=args.tol, max_iter=args.max_iter, generator=seed()))
         result["deflation_steps"] = baseline.iterations
-        result["value_agreement"] = float((baseline.values - ours.values).abs().max() / ours.values.max())
+        result["value_agreement"] = float((baseline.values - found.values).abs().max() / found.values.max())
     if device == "cuda":
         result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -80,24 +91,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tol", type=float, default=1e-3)
     parser.add_argument("--max-iter", type=int, default=100)
-    parser.add_argument("--no-deflation", action="store_true", help="skip the one-at-a-time baseline (slow on big models)")
+    parser.add_argument("--oversample", type=int, help="extra vectors iterated (default k, as the methods)")
+    parser.add_argument("--chunk-size", type=int, help="directions per product (default: all k + oversample at once)")
+    parser.add_argument("--no-convergence", dest="convergence", action="store_false", help="skip (d) and (c): only per-iteration costs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child is not None:
-        print(json.dumps(measure(args.model, args.child, args.repeats, args.tol, args.max_iter, not args.no_deflation, args.device)))
+        print(json.dumps(measure(args, args.child)))
         return
     print(f"model {args.model}, {args.device}, threads {torch.get_num_threads()}, torch {torch.__version__}, tol {args.tol}")
-    head = ["k", "(a) forward", "linearise", "(b) iteration", "b/a", "(d) iterations", "ours total", "(c) deflation", "c/b", "c/ours", "(e) peak MB"]
+    head = ["k", "vectors", "chunk", "(a) forward", "linearise", "(b) iteration", "b/a", "b/a per vector", "(step)",
+            "(d) iterations", "ours to tol", "(c) deflation to tol", "c/b", "c / ours", "(e) peak MB"]
     print(" | ".join(head))
     for k in args.k:
         child = [sys.executable, __file__, *sys.argv[1:], "--child", str(k)]
         r = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         c = r.get("deflation")
+        b_over_a = r["iteration"] / r["forward"]
         cells = [
-            k, f"{r['forward']:.3f} s", f"{r['linearise']:.3f} s", f"{r['iteration']:.3f} s", f"{r['iteration'] / r['forward']:.1f}",
-            r["ours_iterations"], f"{r['ours_total']:.2f} s",
+            k, r["width"], args.chunk_size or r["width"], f"{r['forward']:.3f} s", f"{r['linearise']:.3f} s",
+            f"{r['iteration']:.3f} s", f"{b_over_a:.1f}", f"{b_over_a * k / r['width']:.1f}", f"{r['step']:.3f} s",
+            r.get("ours_iterations", "-"), f"{r['ours_total']:.2f} s" if c else "-",
             f"{c:.2f} s ({r['deflation_steps']} steps)" if c else "-", f"{c / r['iteration']:.1f}" if c else "-",
             f"{c / r['ours_total']:.1f}" if c else "-", f"{r['peak_mb']:.0f}",
         ]

@@ -21,6 +21,19 @@ class HSpaceCLI(LightningCLI):
             "model", "data.init_args.image_size", compute_fn=lambda model: getattr(model, "image_size", None), apply_on="instantiate"
         )
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            # jsonargparse reports a class that refuses its arguments (a missing checkpoint, a bad setting) inside a
+            # message about Union subtypes; the class's own error, its cause, says what is wrong and what to do.
+            reason = err
+            while isinstance(reason, ValueError) and "Union subtypes" in str(reason) and reason.__cause__ is not None:
+                reason = reason.__cause__
+            if reason is err:
+                raise
+            raise reason from None
+
 
 def main(args: list[str] | None = None) -> HSpaceCLI:
     return HSpaceCLI(

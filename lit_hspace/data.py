@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
@@ -34,6 +35,12 @@ def list_images(paths: list[str]) -> list[Path]:
         except (UnidentifiedImageError, OSError) as err:
             raise ValueError(f"'{path}' is not an image that PIL can read ({err})") from None
     return files
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height), read from the file's header."""
+    with Image.open(path) as im:
+        return im.size
 
 
 class ImageFiles(Dataset):
@@ -72,7 +79,9 @@ class HSpaceData(L.LightningDataModule):
         images: image files and/or folders of images.
         seeds: generate images from these seeds instead (x_T ~ N(0, I)); a number n means seeds 0 .. n-1.
         num_images: use only the first `num_images` of them (all by default).
-        image_size: side the images are resized to; set from the model by the CLI.
+        image_size: the model's image side; set from the model by the CLI.
+        resize: centre-crop and resize images of another size to image_size (with a warning saying how many);
+            False refuses them.
         batch_size: images per step.
     """
 
@@ -82,6 +91,7 @@ class HSpaceData(L.LightningDataModule):
         seeds: list[int] | int | None = None,
         num_images: int | None = None,
         image_size: int | None = None,
+        resize: bool = True,
         batch_size: int = 1,
         num_workers: int = 0,
     ):
@@ -97,14 +107,27 @@ class HSpaceData(L.LightningDataModule):
                 raise ValueError(f"num_images={num_images} asked for, but {source} hold {have}; allowed: 1 .. {have}")
             self.files = self.files[:num_images] if self.files is not None else None
             self.seeds = self.seeds[:num_images] if self.seeds is not None else None
-        self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
+        self.image_size, self.resize, self.batch_size, self.num_workers = image_size, resize, batch_size, num_workers
 
     def dataset(self) -> Dataset:
         if self.files is None:
             return Seeds(self.seeds)
         if self.image_size is None:
             raise ValueError("image_size is not set: the model's sample size is needed to resize images")
+        self._check_sizes()
         return ImageFiles(self.files, self.image_size)
+
+    def _check_sizes(self) -> None:
+        side = self.image_size
+        sizes = {path: image_size(path) for path in self.files}
+        other = [(path, size) for path, size in sizes.items() if size != (side, side)]
+        if not other:
+            return
+        path, (width, height) = other[0]
+        found = f"{len(other)} of {len(self.files)} images are not {side} x {side}, the model's size (e.g. '{path}' is {width} x {height})"
+        if not self.resize:
+            raise ValueError(f"{found}: resize them, or set data.init_args.resize: true to centre-crop and resize them on loading")
+        rank_zero_warn(f"{found}: they are centre-cropped to a square and resized to {side} x {side}")
 
     def _loader(self) -> DataLoader:
         data, sampler = self.dataset(), None

@@ -58,10 +58,14 @@ class DDIM:
         return min(self.timesteps, key=lambda t: abs(t - target))
 
     @torch.no_grad()
-    def invert(self, x0: Tensor) -> Tensor:
-        """x_0 -> x_T along the deterministic DDIM trajectory."""
+    def invert(self, x0: Tensor, stop: int | None = None) -> Tensor:
+        """x_0 -> x_stop (x_T by default) along the deterministic DDIM trajectory; stop is a sampling timestep."""
+        if stop is not None and stop not in self.timesteps:
+            raise ValueError(f"stop={stop} is not a timestep of the {self.num_steps}-step schedule")
         x = x0
         for t in self.inverse.timesteps:
+            if stop is not None and t > stop:
+                break
             x = self.inverse.step(self.model(x, t), t, x).prev_sample
         return x
 

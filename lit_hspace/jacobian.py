@@ -17,22 +17,30 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from lit_hspace.hspace import Encoded, HSpaceUNet
 
 
+def default_chunk_size(device: torch.device | str) -> int:
+    """Directions per product when none is given: 1 on a CPU, where one direction at a time is the fastest
+    per direction and holds the least memory (docs/benchmarks.md); 16 elsewhere, as a GPU needs a batch to
+    be busy (the linearisation holds about 2.7 GB per row at 256 x 256: 16 rows fit an 80 GB GPU)."""
+    return 1 if torch.device(device).type == "cpu" else 16
+
+
 class JacobianOperator:
     """J = d fn(h) / dh at h0, for a batch-independent fn, applied to batches of directions.
 
     fn is linearised once, at h0 repeated `chunk_size` times: one forward pass whose graph serves every
     later product. J^T u is one backward pass through it; J v is a backward pass through that backward
     (J v = d/du <J^T u, v>, exact since J^T u is linear in u), cheaper than forward-mode AD through a UNet.
-    Directions go through in chunks of `chunk_size` (memory grows linearly in it).
+    Directions go through in chunks of `chunk_size` (memory grows linearly in it; default: `default_chunk_size`).
     """
 
-    def __init__(self, fn: Callable[[Tensor], Tensor], h0: Tensor, chunk_size: int = 64):
-        self.fn, self.h0, self.chunk_size = fn, h0, chunk_size
+    def __init__(self, fn: Callable[[Tensor], Tensor], h0: Tensor, chunk_size: int | None = None):
+        self.fn, self.h0 = fn, h0
+        self.chunk_size = chunk_size or default_chunk_size(h0.device)
         self.in_shape = tuple(h0.shape[1:])
         self._linear: dict[int, tuple[Callable, Callable]] = {}
 
     @classmethod
-    def of_decoder(cls, model: HSpaceUNet, enc: Encoded, chunk_size: int = 64) -> JacobianOperator:
+    def of_decoder(cls, model: HSpaceUNet, enc: Encoded, chunk_size: int | None = None) -> JacobianOperator:
         """The Jacobian of the part after h, at the h of a batch-1 encoding."""
         return cls(lambda h: model.decode(h, enc.expand(h.shape[0])), enc.h, chunk_size)
 
@@ -50,11 +58,14 @@ class JacobianOperator:
             self._linear[batch] = (lambda u: pullback(u)[0], lambda v: pushforward(v)[0])
         return self._linear[batch]
 
+    def chunk_rows(self, rows: int) -> int:
+        """Rows per chunk for `rows` directions: equal chunks of at most chunk_size rows."""
+        return math.ceil(rows / math.ceil(rows / self.chunk_size))
+
     def _chunked(self, which: int, x: Tensor) -> Tensor:
-        """Equal chunks of at most chunk_size rows (the last one zero-padded), so that one linearisation
-        serves every chunk; a subspace iteration always sends the same number of rows."""
-        chunks = math.ceil(len(x) / self.chunk_size)
-        size = math.ceil(len(x) / chunks)
+        """Equal chunks (the last one zero-padded), so that one linearisation serves every chunk;
+        a subspace iteration always sends the same number of rows."""
+        size = self.chunk_rows(len(x))
         op = self._linearised(size)[which]
         out = []
         for part in x.split(size):

@@ -91,11 +91,10 @@ class PairMetric(Metric):
         """(B,) scores; reference may be a single image for the whole batch."""
         raise NotImplementedError
 
-    def update(self, edited: Tensor, reference: Tensor) -> None:
-        self.add(self.score(edited, reference))
-
-    def add(self, scores: Tensor) -> None:
-        """Accumulate scores computed already (a run's per-edit rows need them anyway)."""
+    def update(self, *inputs: Tensor, scores: Tensor | None = None) -> None:
+        """Score the inputs (edited, reference, ...: as `score` takes them), or accumulate `scores` computed
+        already (a run's per-edit rows need them anyway)."""
+        scores = self.score(*inputs) if scores is None else scores
         self.total += scores.sum().double()
         self.count += scores.numel()
 
@@ -112,8 +111,8 @@ class MaskedMSE(PairMetric):
         super().__init__(**kwargs)
         self.part = part
 
-    def update(self, edited: Tensor, reference: Tensor, mask: Tensor) -> None:
-        self.add(masked_mse(edited, reference, mask, self.part))
+    def score(self, edited: Tensor, reference: Tensor, mask: Tensor) -> Tensor:
+        return masked_mse(edited, reference, mask, self.part)
 
 
 def hub_checkpoint(url: str) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from lit_hspace.ddim import DDIM, Edit, Injection
 from lit_hspace.directions import DirectionSet, find_direction_set
 from lit_hspace.hspace import HSpaceUNet
-from lit_hspace.jacobian import JacobianOperator
+from lit_hspace.jacobian import JacobianOperator, default_chunk_size
 from lit_hspace.methods import RBE, DiscoveryMethod
 from lit_hspace.metrics import LPIPS, METRICS, FactorChange, IdentitySimilarity, MaskedMSE, inception_fid, masked_mse, to_unit
 from lit_hspace.regions import Region, region_masks, resolve_regions
@@ -50,6 +50,9 @@ class HSpaceEditor(L.LightningModule):
         region_preset: the preset that region names are looked up in ("celebahq", "church").
         timestep: where the Jacobian is taken and edits start, as a fraction of T (the papers: 0.6).
         num_steps: DDIM steps for inversion and sampling.
+        invert_to: how an input image reaches x_t: "t" inverts it only up to the edit timestep
+            (t/T of the inversion steps, and x_t is the inversion's own); "T" inverts it to x_T and samples
+            back down to t (JIVE Algorithm 1, lines 2-3: the same steps plus (T - t)/T of them again).
         strengths: edit strengths a (h <- h + a v); the grid has one column per strength.
         edit_directions: how many directions of each group (region) to edit and show, in order.
         edit_regions: edit only the directions of these regions (by default those of every region).
@@ -59,7 +62,8 @@ class HSpaceEditor(L.LightningModule):
         directions: a direction set file, or a folder of them (`<image id>.safetensors`), to edit with
             instead of discovering; by default, sets that earlier runs of this experiment stored for the
             same settings are reused, and missing ones are discovered.
-        chunk_size: directions per batched Jacobian product (memory grows linearly with it).
+        chunk_size: directions per batched Jacobian product (memory grows linearly with it); by default 1 on
+            a CPU (fastest there) and 16 on a GPU (see `lit_hspace.jacobian.default_chunk_size`).
         edit_batch_size: edited images sampled at once.
         seed: seed of the subspace iterations' random start.
         metrics: which metrics to compute, each edit against the unedited sample: "mse" (masked MSE over
@@ -76,13 +80,14 @@ class HSpaceEditor(L.LightningModule):
         region_preset: str | None = "celebahq",
         timestep: float = 0.6,
         num_steps: int = 50,
+        invert_to: Literal["t", "T"] = "t",
         strengths: list[float] | None = None,
         edit_directions: int = 3,
         edit_regions: list[str] | None = None,
         edit_names: list[str] | None = None,
         injection: Injection = "x0_and_direction",
         directions: str | None = None,
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
         edit_batch_size: int = 16,
         seed: int = 0,
         metrics: list[str] | None = None,
@@ -94,6 +99,10 @@ class HSpaceEditor(L.LightningModule):
             raise ValueError(f"unknown metrics {unknown}: choose from {list(METRICS)}")
         if injection not in get_args(Injection):
             raise ValueError(f"injection '{injection}' is not one of {get_args(Injection)}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size} must be at least 1 (or unset for the device's default)")
+        if invert_to not in ("t", "T"):
+            raise ValueError(f"invert_to '{invert_to}' is not one of ('t', 'T')")
         if directions is not None and not Path(directions).exists():
             raise FileNotFoundError(f"directions '{directions}' does not exist (a direction set file or a folder of them)")
         self.method = method if method is not None else RBE()
@@ -107,6 +116,7 @@ class HSpaceEditor(L.LightningModule):
         self.edit_names = edit_names
         self.strengths = list(strengths) if strengths is not None else [-50.0, -25.0, 0.0, 25.0, 50.0]
         self.edit_directions, self.injection, self.directions_path = edit_directions, injection, directions
+        self.invert_to = invert_to
         self.chunk_size, self.edit_batch_size, self.seed = chunk_size, edit_batch_size, seed
 
         self.hspace = HSpaceUNet.from_pretrained(model)
@@ -143,6 +153,7 @@ class HSpaceEditor(L.LightningModule):
             "timestep": self.timestep,
             "t": self.t,
             "num_steps": self.ddim.num_steps,
+            "invert_to": self.invert_to,
             "method": self.method.name,
             "method_params": self.method.params(),
             "regions": [asdict(r) for r in self.regions],
@@ -151,8 +162,10 @@ class HSpaceEditor(L.LightningModule):
         }
 
     def x_t(self, batch: dict) -> tuple[Tensor, Tensor | None]:
-        """(x_t, the input images or None for seeds): invert the images, or draw x_T from the seeds, then
-        denoise to the edit timestep (JIVE appendix, Algorithm 1, lines 2-3)."""
+        """(x_t, the input images or None for seeds): invert the images (to t, or to x_T, see `invert_to`), or
+        draw x_T from the seeds, then denoise to the edit timestep (JIVE appendix, Algorithm 1, lines 2-3)."""
+        if "image" in batch and self.invert_to == "t":
+            return self.ddim.invert(batch["image"], stop=self.t), batch["image"]
         if "image" in batch:
             x_T = self.ddim.invert(batch["image"])
         else:
@@ -162,17 +175,18 @@ class HSpaceEditor(L.LightningModule):
 
     def discover(self, x_t: Tensor, image_id: str) -> DirectionSet:
         """One image's direction set: subspace iteration(s) on the Jacobian of the part after h at x_t."""
+        chunk = self.chunk_size or default_chunk_size(x_t.device)
         try:
             with torch.enable_grad():
                 enc = self.hspace.encode(x_t, self.t)
-                jac = JacobianOperator.of_decoder(self.hspace, enc, self.chunk_size)
+                jac = JacobianOperator.of_decoder(self.hspace, enc, chunk)
                 found = self.method.discover(jac, self.regions, self.masks, torch.Generator().manual_seed(self.seed))
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err):
                 raise
             raise MemoryError(
-                f"the Jacobian products of up to {self.chunk_size} directions at once do not fit in memory on {x_t.device}: "
-                f"lower model.init_args.chunk_size (now {self.chunk_size}); memory grows linearly with it"
+                f"the Jacobian products of up to {chunk} directions at once do not fit in memory on {x_t.device}: "
+                f"lower model.init_args.chunk_size (now {chunk}); memory grows linearly with it"
             ) from err
         vectors = found.vectors.reshape(-1, *self.hspace.h_shape)
         meta = {**self.discovery_meta(image_id), "convergence": found.info}
@@ -295,9 +309,9 @@ class HSpaceEditor(L.LightningModule):
                 values |= self.factors.changes(edited, reference, label)
             moved = torch.tensor(self.strengths, device=edited.device) != 0  # strength 0 is the reference itself
             for part, metric in self.mse.items():
-                metric.add(values[f"mse_{part}"][moved])
+                metric.update(scores=values[f"mse_{part}"][moved])
             for name, metric in self.pair_metrics.items():
-                metric.add(values[name][moved])
+                metric.update(scores=values[name][moved])
             if self.fid is not None:
                 self.fid.update(edited[moved], real=False)
             if self.factors is not None:

@@ -14,6 +14,7 @@ import argparse
 import csv
 import html
 import json
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,45 @@ def method_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
             cells.append(f"{sum(values) / len(values):.4g}" if values else "")
         body.append([method, str(len(group)), *cells])
     return ["method", "runs", *(TABLE[k] for k in keys)], body
+
+
+# Direction-table columns: edits.csv column -> heading.
+PER_DIRECTION = {
+    "mse_inside": "MSE inside", "mse_outside": "MSE outside", "inside_share": "share inside",
+    "factor_target": "target factor", "factor_off_target": "off-target",
+}
+
+
+def direction_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
+    """One row per method and direction (its name, else region and index): mean ± standard deviation over
+    images of each image's mean over the non-zero strengths, i.e. how consistently a direction acts. With
+    the factor probe's columns, also in how many images a direction applied from a given set moves the
+    factor it is named after most (a set a run discovers itself is named image by image, so there it is moot)."""
+    keys = [k for k in PER_DIRECTION if all(k in r.rows[0] for r in runs)]
+    factors = [k for k in runs[0].rows[0] if k.startswith("d_") and all(k in r.rows[0] for r in runs)]
+    per_image: dict[tuple[str, str], dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    given = set()  # (method, direction) applied from a given direction set
+    for run in runs:
+        for row in run.rows:
+            direction = row.get("name") or f"{row['label']} {row['direction']}"
+            if run.init.get("directions"):
+                given.add((run.method, direction))
+            if float(row["strength"]) != 0:
+                for key in keys + factors:
+                    per_image[run.method, direction][row["image"]][key].append(abs(float(row[key])) if key in factors else float(row[key]))
+    body = []
+    for (method, direction), images in sorted(per_image.items()):
+        cells = []
+        for key in keys:
+            means = [statistics.fmean(v[key]) for v in images.values()]
+            spread = f" ± {statistics.stdev(means):.2g}" if len(means) > 1 else ""
+            cells.append(f"{statistics.fmean(means):.3g}{spread}")
+        if factors and given:
+            tops = [max(factors, key=lambda f: statistics.fmean(v[f]))[2:] for v in images.values()]
+            cells.append(f"{tops.count(direction)}/{len(tops)}" if f"d_{direction}" in factors and (method, direction) in given else "")
+        body.append([method, direction, str(len(images)), *cells])
+    head = ["method", "direction", "images", *(PER_DIRECTION[k] for k in keys)]
+    return head + (["moves its named factor most"] if factors and given else []), body
 
 
 def mse_curves(runs: list[Run], path: Path) -> Path:
@@ -198,18 +238,21 @@ def composition_grid(run: Run, strengths: list[float], num_directions: int, path
     return image_grid(cells, strengths, sorted({j for _, j in cells}), "a", "directions", path)
 
 
-def write_html(runs: list[Run], table: tuple[list[str], list[list[str]]], found: list[tuple[str, Path]], out: Path) -> Path:
+def html_table(table: tuple[list[str], list[list[str]]]) -> str:
     head, body = table
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+    return f"<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{rows}</table>"
+
+
+def write_html(runs: list[Run], tables: list[tuple[str, tuple]], found: list[tuple[str, Path]], out: Path) -> Path:
     images = "".join(f"<h2>{html.escape(title)}</h2><img src='{p.name}'>" for title, p in found)
     listed = "".join(f"<li>{html.escape(str(r.path))}: {r.method}, t={r.init['timestep']}</li>" for r in runs)
     page = (
         "<!doctype html><meta charset='utf-8'><title>lit_hspace report</title>"
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.3em .8em;border-bottom:1px solid #ccc}</style>"
         f"<h1>lit_hspace report: {html.escape(runs[0].model)}</h1>"
-        "<h2>Methods (means over each method's runs and edits with a non-zero strength)</h2>"
-        f"<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{rows}</table>"
-        f"{images}<h2>Runs</h2><ul>{listed}</ul>"
+        + "".join(f"<h2>{html.escape(title)}</h2>{html_table(table)}" for title, table in tables)
+        + f"{images}<h2>Runs</h2><ul>{listed}</ul>"
     )
     path = out / "index.html"
     path.write_text(page)
@@ -226,15 +269,19 @@ def main(argv: list[str] | None = None) -> None:
 
     runs = load_runs(args.runs)
     args.out.mkdir(parents=True, exist_ok=True)
-    table = method_table(runs)
+    tables = [
+        ("Methods (means over each method's runs and edits with a non-zero strength)", method_table(runs)),
+        ("Directions (mean ± sd over images of each image's mean over non-zero strengths)", direction_table(runs)),
+    ]
     found = figures(runs, args.out)
     if args.composition:
         path = composition_grid(runs[0], args.composition_strengths, args.composition, args.out / "composition.png")
         found.append(("Composition: a times the sum of the first j directions (JIVE appendix Fig. 4)", path))
-    page = write_html(runs, table, found, args.out)
-    print(" | ".join(table[0]))
-    for row in table[1]:
-        print(" | ".join(row))
+    page = write_html(runs, tables, found, args.out)
+    for title, (head, body) in tables:
+        print(f"{title}\n| {' | '.join(head)} |\n|{' --- |' * len(head)}")
+        for row in body:
+            print(f"| {' | '.join(row)} |")
     print(f"report: {page}")
 
 

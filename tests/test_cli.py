@@ -130,6 +130,16 @@ def test_unreachable_hub_id(monkeypatch, tmp_path):
         HSpaceEditor(model="google/ddpm-ema-celebahq-256")
 
 
+def test_cli_reports_the_missing_checkpoint_itself(monkeypatch, tmp_path):
+    """Not jsonargparse's 'Does not validate against any of the Union subtypes' around it."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OSError, match="not in the local Hugging Face cache") as raised:
+        main(["test", "--config", str(Path(__file__).parents[1] / "configs" / "paper" / "rbe_table2.yaml")])
+    assert "Union" not in str(raised.value)
+
+
 def test_hub_that_does_not_answer(monkeypatch, tmp_path):
     import huggingface_hub
 
@@ -170,6 +180,8 @@ def box(name, *coords):
         (lambda: {"regions": ["eyes", "mouth"], "method": JIVE(k=3, rank_joint=2, rank_individual=4)}, "r_A=4"),
         (lambda: {"regions": [box("all", 0, 0, 1, 1)], "method": JIVE(k=3, rank_joint=2, rank_individual=2)}, "needs an outside"),
         (lambda: {"method": Haas(k=5000)}, "k=5000 directions"),
+        (lambda: {"invert_to": "middle"}, "invert_to 'middle' is not one of"),
+        (lambda: {"chunk_size": 0}, "chunk_size=0 must be at least 1"),
     ],
 )
 def test_bad_settings(tiny_model_dir, settings, error):
@@ -200,3 +212,20 @@ def test_out_of_memory_names_what_to_lower(tiny_model_dir, monkeypatch):
     module = HSpaceEditor(model=str(tiny_model_dir), chunk_size=48)
     with pytest.raises(MemoryError, match=r"lower model.init_args.chunk_size \(now 48\)"):
         module.discover(torch.zeros(1, 3, 16, 16), "img")
+
+
+def test_images_of_another_size_are_resized_with_a_warning_or_refused(tmp_path):
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(folder / "a_right.png")
+    Image.new("RGB", (40, 24), (0, 0, 255)).save(folder / "b_wide.png")
+    refusing = HSpaceData(images=[str(folder)], image_size=16, resize=False)
+    with pytest.raises(ValueError, match=r"1 of 2 images are not 16 x 16.*b_wide.png' is 40 x 24.*resize: true"):
+        refusing.dataset()
+    resizing = HSpaceData(images=[str(folder)], image_size=16)
+    with pytest.warns(UserWarning, match=r"1 of 2 images are not 16 x 16.*centre-cropped to a square and resized to 16 x 16"):
+        data = resizing.dataset()
+    wide = data[1]["image"]
+    # A uniform blue 40 x 24 image stays uniformly blue: [-1, -1, 1] in [-1, 1] after crop and resize.
+    assert wide.shape == (3, 16, 16)
+    torch.testing.assert_close(wide, torch.tensor([-1.0, -1.0, 1.0])[:, None, None].expand(3, 16, 16))

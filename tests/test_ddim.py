@@ -30,6 +30,19 @@ def test_inversion_then_sampling_reconstructs(time_only_model, steps):
     assert (ddim.sample(x_T) - x0).abs().max() < 1e-3
 
 
+def test_inversion_to_t_is_the_full_inversions_x_t(time_only_model):
+    """Inverting only up to t gives the x_t that the full inversion followed by sampling down to t gives
+    (exact for this model), and sampling from it reconstructs the image."""
+    x0 = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    ddim = DDIM(time_only_model, 20)
+    t = ddim.timestep_at(0.6)
+    x_t = ddim.invert(x0, stop=t)
+    torch.testing.assert_close(x_t, ddim.sample(ddim.invert(x0), stop=t), atol=1e-4, rtol=0)
+    assert (ddim.sample(x_t, start=t) - x0).abs().max() < 1e-3
+    with pytest.raises(ValueError, match="stop=601 is not a timestep of the 20-step schedule"):
+        ddim.invert(x0, stop=601)
+
+
 def test_sampling_in_two_legs_equals_one(tiny_model):
     """x_T -> x_t, then x_t -> x_0 equals x_T -> x_0."""
     ddim = DDIM(tiny_model, 10)

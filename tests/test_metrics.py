@@ -1,6 +1,7 @@
 """Edit metrics against direct computations, with weights the tests make; missing weights fail early."""
 
 import json
+import warnings
 
 import numpy as np
 import onnxruntime
@@ -35,6 +36,11 @@ def test_masked_mse_by_hand():
     metric.update(edited[:1], reference, mask)
     metric.update(edited[1:], reference, mask)
     assert metric.compute().item() == pytest.approx(inside.mean().item(), rel=1e-6)
+    precomputed = MaskedMSE("inside")  # scores a run computed for its rows already
+    precomputed.update(scores=inside)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torchmetrics warns when compute() sees no update()
+        assert precomputed.compute().item() == pytest.approx(inside.mean().item(), rel=1e-6)
 
 
 def lpips_by_hand(net, x, y):

@@ -43,6 +43,37 @@ def test_method_table_and_figures(method_runs, tmp_path):
     assert Image.open(out / "mse_vs_strength.png").size[0] > 100
 
 
+def test_direction_table_is_mean_and_spread_over_images(method_runs):
+    runs = report.load_runs([method_runs])
+    head, body = report.direction_table(runs)
+    assert head == ["method", "direction", "images", "MSE inside", "MSE outside", "share inside"]
+    (rbe,) = [r for r in runs if r.method == "rbe"]
+    (row,) = [row for row in body if row[:2] == ["rbe", "mouth 0"]]
+    # Written out: per image, the mean over non-zero strengths of direction 0's MSE inside; then over images.
+    per_image = []
+    for image in ("seed000000", "seed000001"):
+        values = [float(r["mse_inside"]) for r in rbe.rows if r["image"] == image and r["direction"] == "0" and float(r["strength"]) != 0]
+        per_image.append(sum(values) / len(values))
+    mean, sd = np.mean(per_image), np.std(per_image, ddof=1)
+    assert row[2] == "2"
+    shown_mean, shown_sd = row[3].split(" ± ")
+    assert float(shown_mean) == pytest.approx(mean, rel=2e-3) and float(shown_sd) == pytest.approx(sd, rel=5e-2)
+
+
+def test_direction_table_counts_images_where_a_named_direction_moves_its_factor_most(tmp_path):
+    def row(image, strength, smile, mouth_open):
+        return {"image": image, "direction": "0", "label": "mouth", "name": "smile", "strength": str(strength),
+                "inside_share": "0.5", "d_smile": str(smile), "d_mouth_open": str(mouth_open)}
+
+    rows = [row("a", 50, 0.4, 0.1), row("a", -50, -0.3, 0.1), row("a", 0, 0, 0),  # a: smile moves most
+            row("b", 50, 0.1, 0.3), row("b", -50, -0.2, -0.4)]  # b: mouth_open does (|-0.2| + 0.1 < 0.3 + 0.4)
+    init = {"method": {"class_path": "lit_hspace.methods.JIVE"}, "directions": "reference.safetensors"}
+    run = report.Run(tmp_path, {"model": {"init_args": init}}, {}, rows)
+    head, body = report.direction_table([run])
+    assert head[-1] == "moves its named factor most"
+    assert body == [["jive", "smile", "2", "0.5 ± 0", "1/2"]]
+
+
 def test_rank_grid(tmp_path, tiny_model_dir):
     for r_c, r_a in ((1, 1), (1, 2), (2, 1), (2, 2)):
         main(["test", "--config", str(write_config(tmp_path, tiny_model_dir, jive(r_c, r_a), {"seeds": [0]}, regions=("eyes", "mouth"), name=f"j{r_c}{r_a}"))])
