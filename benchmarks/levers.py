@@ -70,7 +70,6 @@ def run(args: argparse.Namespace) -> None:
     h = enc.h.expand(k, *model.h_shape)
     ours = JacobianOperator.of_decoder(model, enc, chunk_size=k)
     V = torch.randn(k, *model.h_shape, device=device)
-    U = torch.randn(k, *model.output_shape, device=device)
     ours.vjp(ours.jvp(V))  # linearise
     both = lambda jac: jac.vjp(jac.jvp(V))  # noqa: E731
     t_both = best_time(lambda: both(ours), repeats)
