@@ -16,7 +16,9 @@ import lit_hspace
 from lit_hspace.hspace import HSpaceUNet
 
 # Metadata keys that must agree for a stored set to stand in for a new discovery.
-DISCOVERY_KEYS = ("model_fingerprint", "h_shape", "t", "num_steps", "method", "method_params", "regions", "seed", "image")
+DISCOVERY_KEYS = (
+    "model_fingerprint", "h_shape", "t", "num_steps", "invert_to", "method", "method_params", "regions", "seed", "image",
+)
 
 
 @dataclass

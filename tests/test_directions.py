@@ -20,6 +20,7 @@ def make_meta(model, **overrides):
         "h_shape": list(model.h_shape),
         "t": 500,
         "num_steps": 50,
+        "invert_to": "t",
         "method": "jive",
         "method_params": {"rank_joint": 2, "rank_individual": 1},
         "regions": ["eyes", "mouth"],
@@ -156,3 +157,4 @@ def test_matches_ignores_non_discovery_keys_and_json_normalises(tiny_model):
     ds = make_set(tiny_model, note="anything")
     assert ds.matches(make_meta(tiny_model, h_shape=tuple(tiny_model.h_shape), note="else"))
     assert not ds.matches(make_meta(tiny_model, t=499))
+    assert not ds.matches(make_meta(tiny_model, invert_to="T"))  # another x_t for an input image
