@@ -4,8 +4,8 @@
 (b) one subspace iteration of ours (k + --oversample vectors, by default 2k as the methods run it) and its cost
 per pushed vector in forward passes; (step) one step of the one-at-a-time baseline (J v and J^T u at batch 1);
 (d) our iterations until the subspace moves less than --tol, and their time; (c) power iteration with
-deflation (Haas et al.'s strategy) to the same --tol; (e) peak memory (resident set on the CPU, allocated
-memory on a GPU). Each k runs in a fresh process so that peak memory is its own. --no-convergence skips (d)
+deflation (Haas et al.'s strategy) to the same --tol; (e) peak memory of ours (resident set on the CPU,
+allocated memory on a GPU), taken before the baseline runs. Each k runs in a fresh process so that peak memory is its own. --no-convergence skips (d)
 and (c), for models where running to tol takes hours on the machine at hand.
 
     python benchmarks/jacobian.py --model tiny-random --k 4 16 30
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -25,15 +24,7 @@ import torch
 
 from lit_hspace.hspace import HSpaceUNet
 from lit_hspace.jacobian import JacobianOperator, deflated_power_iteration, subspace_iteration
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from timing import best_time, peak_memory_mb
 
 
 def timed(fn):
@@ -67,6 +58,7 @@ def measure(args: argparse.Namespace, k: int) -> dict:
     jac.vjp(jac.jvp(torch.zeros(rows, *model.h_shape, device=device)))  # first products allocate; not timed
     ours = lambda tol, max_iter: subspace_iteration(jac, k, tol=tol, max_iter=max_iter, generator=seed(), oversample=oversample)  # noqa: E731
     result["iteration"] = best_time(lambda: ours(0.0, 1), repeats)
+    result["peak_mb"] = peak_memory_mb(device)  # ours alone: before the baseline's own linearisation
     single = JacobianOperator.of_decoder(model, enc, chunk_size=1)
     v = torch.randn(1, *model.h_shape, device=device)
     single.vjp(single.jvp(v))  # linearise at batch 1
@@ -77,10 +69,6 @@ def measure(args: argparse.Namespace, k: int) -> dict:
         result["deflation"], baseline = timed(lambda: deflated_power_iteration(single, k, tol=args.tol, max_iter=args.max_iter, generator=seed()))
         result["deflation_steps"] = baseline.iterations
         result["value_agreement"] = float((baseline.values - found.values).abs().max() / found.values.max())
-    if device == "cuda":
-        result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
 

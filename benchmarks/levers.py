@@ -6,13 +6,16 @@ ours (relative max difference of the products, or the sine of the largest princi
 subspaces, or the reconstruction error of inversion).
 
     python benchmarks/levers.py --model synth-faces --k 8
-    python benchmarks/levers.py --model random-celebahq-256 --k 2 --repeats 1 --skip compile inversion bf16
+    python benchmarks/levers.py --model random-celebahq-256 --k 2 --repeats 1 --skip linearize compile bf16 inversion
+    python benchmarks/levers.py --model random-celebahq-256 --k 1 --peak-memory linearize   # one set-up's memory
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import subprocess
+import sys
 import time
 
 import torch
@@ -22,19 +25,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from lit_hspace.ddim import DDIM
 from lit_hspace.hspace import HSpaceUNet
 from lit_hspace.jacobian import JacobianOperator, principal_angle_sine, subspace_iteration
+from timing import best_time, peak_memory_mb
 
 LEVERS = ("cache", "vmap", "jvp", "linearize", "attention", "channels_last", "compile", "bf16", "inversion")
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -58,15 +51,48 @@ def top_subspace(jac, k: int) -> torch.Tensor:
     return found.vectors[0].T
 
 
-def run(args: argparse.Namespace) -> None:
+def setup(args: argparse.Namespace):
+    """The model, t = 0.6T, a random x_t and its encoding."""
     torch.manual_seed(0)
-    device, k, repeats = args.device, args.k, args.repeats
-    model = HSpaceUNet.from_pretrained(args.model).to(device)
-    ddim = DDIM(model, 50)
-    t = ddim.timestep_at(0.6)
-    x_t = torch.randn(1, *model.image_shape, device=device)
+    model = HSpaceUNet.from_pretrained(args.model).to(args.device)
+    t = DDIM(model, 50).timestep_at(0.6)
+    x_t = torch.randn(1, *model.image_shape, device=args.device)
     with torch.no_grad():
         enc = model.encode(x_t, t)
+    return model, t, x_t, enc
+
+
+def linearize_products(model: HSpaceUNet, enc, k: int):
+    """(V -> J V, U -> J^T U) for k rows from torch.func.linearize: a traced graph of tangent operations
+    (J V), and autograd through that linear graph (its transpose, J^T U)."""
+    with sdpa_kernel(SDPBackend.MATH):
+        _, jvp = torch.func.linearize(lambda hh: model.decode(hh, enc.expand(k)), enc.h.expand(k, *model.h_shape).clone())
+    zero = torch.zeros(k, *model.h_shape, device=enc.h.device, requires_grad=True)
+    out = jvp(zero)
+    return jvp, lambda u: torch.autograd.grad(out, zero, u, retain_graph=True)[0]
+
+
+def print_peak_memory(args: argparse.Namespace) -> None:
+    """Print the peak memory (MB) of one set-up (ours or linearize) and one J^T J V, in this fresh process."""
+    model, _, _, enc = setup(args)
+    V = torch.randn(args.k, *model.h_shape, device=args.device)
+    if args.peak_memory == "ours":
+        jac = JacobianOperator.of_decoder(model, enc, chunk_size=args.k)
+        jac.vjp(jac.jvp(V))
+    else:
+        jvp, vjp = linearize_products(model, enc, args.k)
+        vjp(jvp(V))
+    print(peak_memory_mb(args.device))
+
+
+def peak_memory(args: argparse.Namespace, how: str) -> float:
+    child = [sys.executable, __file__, "--model", args.model, "--k", str(args.k), "--device", args.device, "--peak-memory", how]
+    return float(subprocess.run(child, check=True, capture_output=True, text=True).stdout.split()[-1])
+
+
+def run(args: argparse.Namespace) -> None:
+    device, k, repeats = args.device, args.k, args.repeats
+    model, t, x_t, enc = setup(args)
     h = enc.h.expand(k, *model.h_shape)
     ours = JacobianOperator.of_decoder(model, enc, chunk_size=k)
     V = torch.randn(k, *model.h_shape, device=device)
@@ -107,16 +133,20 @@ def run(args: argparse.Namespace) -> None:
         fresh = lambda: JacobianOperator.of_decoder(model, enc, chunk_size=k)._linearised(k)  # noqa: E731
         t_linearise = best_time(fresh, repeats)
         t_jvp = best_time(lambda: ours.jvp(V), repeats)
-        # torch.func.linearize traces the forward once and keeps a graph of tangent operations only.
+        JV = ours.jvp(V)
+        t_vjp = best_time(lambda: ours.vjp(JV), repeats)
         start = time.perf_counter()
-        with sdpa_kernel(SDPBackend.MATH):
-            _, traced = torch.func.linearize(lambda hh: model.decode(hh, enc.expand(k)), h.clone())
-        traced(V)
+        traced_jvp, traced_vjp = linearize_products(model, enc, k)
+        traced_vjp(traced_jvp(V))
         t_trace = time.perf_counter() - start
-        t_traced = best_time(lambda: traced(V), repeats)
-        report.row("J V", "double backward", "torch.func.linearize", t_jvp, t_traced, f"{rel_diff(traced(V), ours.jvp(V)):.1e}")
-        report.row("set-up, once per image", "linearisation", "linearize: trace + first call", t_linearise, t_trace, "-")
-        del traced
+        t_traced = best_time(lambda: traced_jvp(V), repeats)
+        t_transposed = best_time(lambda: traced_vjp(JV), repeats)
+        report.row("J V", "double backward", "torch.func.linearize", t_jvp, t_traced, f"{rel_diff(traced_jvp(V), JV):.1e}")
+        report.row("J^T U", "backward", "transpose of linearize", t_vjp, t_transposed, f"{rel_diff(traced_vjp(JV), ours.vjp(JV)):.1e}")
+        report.row("set-up, once per image", "linearisation", "linearize: trace + first products", t_linearise, t_trace, "-")
+        del traced_jvp, traced_vjp
+        memory = {how: peak_memory(args, how) for how in ("ours", "linearize")}
+        report.row(f"peak memory in MB (not s), {k} rows", "linearisation", "linearize", memory["ours"], memory["linearize"], "-")
 
     if "attention" in args.levers:
         with torch.no_grad():
@@ -219,7 +249,12 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=LEVERS)
     parser.add_argument("--inversion-steps", type=int, nargs="+", default=[100, 50, 20, 10])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--peak-memory", choices=["ours", "linearize"],
+                        help="only print the peak memory (MB) of this set-up and one J^T J V at batch k, then exit")
     args = parser.parse_args()
+    if args.peak_memory:
+        print_peak_memory(args)
+        return
     args.levers = [lever for lever in LEVERS if lever not in args.skip]
     run(args)
 

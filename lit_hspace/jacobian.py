@@ -20,7 +20,7 @@ from lit_hspace.hspace import Encoded, HSpaceUNet
 def default_chunk_size(device: torch.device | str) -> int:
     """Directions per product when none is given: 1 on a CPU, where one direction at a time is the fastest
     per direction and holds the least memory (docs/benchmarks.md); 16 elsewhere, as a GPU needs a batch to
-    be busy (the linearisation holds about 2.7 GB per row at 256 x 256: 16 rows fit an 80 GB GPU)."""
+    be busy (the linearisation holds about 3.2 GB per row at 256 x 256 on a CPU: 16 rows fit an 80 GB GPU)."""
     return 1 if torch.device(device).type == "cpu" else 16
 
 
