@@ -57,18 +57,18 @@ class RunWriter(RunDirCallback):
     end rank 0 merges the rows into edits.csv, ordered by image, as a single process would write them.
     """
 
-    def _save_set(self, trainer: L.Trainer, dset: DirectionSet) -> None:
+    def _save_set(self, dset: DirectionSet) -> None:
         dset.save(self.run / "directions" / f"{dset.meta['image']}.safetensors")
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         for dset in outputs:
-            self._save_set(trainer, dset)
+            self._save_set(dset)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         run = self.run
         for result in outputs:
             if result["directions"] is not None:
-                self._save_set(trainer, result["directions"])
+                self._save_set(result["directions"])
             grid = self._save_images(run, result, pl_module.strengths)
             for logger in loggers_with(trainer, "log_image"):
                 logger.log_image("grids", [grid], caption=[result["id"]])

@@ -119,8 +119,7 @@ class HSpaceData(L.LightningDataModule):
 
     def _check_sizes(self) -> None:
         side = self.image_size
-        sizes = {path: image_size(path) for path in self.files}
-        other = [(path, size) for path, size in sizes.items() if size != (side, side)]
+        other = [(path, size) for path in self.files if (size := image_size(path)) != (side, side)]
         if not other:
             return
         path, (width, height) = other[0]

@@ -91,6 +91,11 @@ class JacobianOperator:
         return torch.cat([one_chunk(part) for part in v.split(self.chunk_size)])
 
 
+def check_k(k: int, n: int) -> None:
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} directions asked for, but h-space has {n} dimensions: choose 1 <= k <= {n}.")
+
+
 @dataclass
 class TruncatedSVD:
     """Top right singular vectors and singular values of one or several (masked) Jacobians."""
@@ -136,8 +141,7 @@ def subspace_iteration(
     the top k then converge at the rate s_{k+oversample+1} / s_k instead of s_{k+1} / s_k.
     """
     n = jac.dim
-    if not 1 <= k <= n:
-        raise ValueError(f"k={k} directions asked for, but h-space has {n} dimensions: choose 1 <= k <= {n}.")
+    check_k(k, n)
     width = min(k + oversample, n - (0 if project_out is None else len(project_out)))
     if masks is None:
         masks = torch.ones(1, 1, 1, 1, device=jac.h0.device, dtype=jac.h0.dtype)
@@ -176,8 +180,7 @@ def deflated_power_iteration(
     found (deflation). Each step is one jvp and one vjp at batch 1. For benchmarks against `subspace_iteration`.
     """
     n = jac.dim
-    if not 1 <= k <= n:
-        raise ValueError(f"k={k} directions asked for, but h-space has {n} dimensions: choose 1 <= k <= {n}.")
+    check_k(k, n)
     weight = (mask**2 if mask is not None else torch.ones(1, 1, 1, 1)).to(jac.h0)
     found = jac.h0.new_zeros(0, n)
     values, steps, movement = [], 0, math.inf

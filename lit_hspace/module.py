@@ -18,9 +18,9 @@ from torch import Tensor, nn
 from lit_hspace.ddim import DDIM, Edit, Injection
 from lit_hspace.directions import DirectionSet, find_direction_set
 from lit_hspace.hspace import HSpaceUNet
-from lit_hspace.jacobian import JacobianOperator, default_chunk_size
+from lit_hspace.jacobian import JacobianOperator
 from lit_hspace.methods import RBE, DiscoveryMethod
-from lit_hspace.metrics import LPIPS, METRICS, FactorChange, IdentitySimilarity, MaskedMSE, inception_fid, masked_mse, to_unit
+from lit_hspace.metrics import LPIPS, METRICS, FactorChange, IdentitySimilarity, MaskedMSE, inception_fid, to_unit
 from lit_hspace.regions import Region, region_masks, resolve_regions
 
 
@@ -175,19 +175,18 @@ class HSpaceEditor(L.LightningModule):
 
     def discover(self, x_t: Tensor, image_id: str) -> DirectionSet:
         """One image's direction set: subspace iteration(s) on the Jacobian of the part after h at x_t."""
-        chunk = self.chunk_size or default_chunk_size(x_t.device)
-        try:
-            with torch.enable_grad():
-                enc = self.hspace.encode(x_t, self.t)
-                jac = JacobianOperator.of_decoder(self.hspace, enc, chunk)
+        with torch.enable_grad():
+            enc = self.hspace.encode(x_t, self.t)
+            jac = JacobianOperator.of_decoder(self.hspace, enc, self.chunk_size)
+            try:
                 found = self.method.discover(jac, self.regions, self.masks, torch.Generator().manual_seed(self.seed))
-        except (torch.OutOfMemoryError, RuntimeError) as err:
-            if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err):
-                raise
-            raise MemoryError(
-                f"the Jacobian products of up to {chunk} directions at once do not fit in memory on {x_t.device}: "
-                f"lower model.init_args.chunk_size (now {chunk}); memory grows linearly with it"
-            ) from err
+            except (torch.OutOfMemoryError, RuntimeError) as err:
+                if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err):
+                    raise
+                raise MemoryError(
+                    f"the Jacobian products of up to {jac.chunk_size} directions at once do not fit in memory on {x_t.device}: "
+                    f"lower model.init_args.chunk_size (now {jac.chunk_size}); memory grows linearly with it"
+                ) from err
         vectors = found.vectors.reshape(-1, *self.hspace.h_shape)
         meta = {**self.discovery_meta(image_id), "convergence": found.info}
         return DirectionSet(vectors, found.values, found.labels, x_t.detach(), meta)
@@ -302,7 +301,7 @@ class HSpaceEditor(L.LightningModule):
         for row, j in enumerate(picks):
             label, mask = dset.labels[j], self.mask_of(dset.labels[j])
             edited = to_unit(edits[row])  # (S, C, H, W): this direction at every strength
-            values = {f"mse_{part}": masked_mse(edited, reference, mask, part) for part in self.mse}
+            values = {f"mse_{part}": metric.score(edited, reference, mask) for part, metric in self.mse.items()}
             for name, metric in self.pair_metrics.items():
                 values[name] = metric.score(edited, reference)
             if self.factors is not None:
