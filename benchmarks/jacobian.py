@@ -3,10 +3,12 @@
 (a) one forward pass of the part after h at batch k; (lin) our linearisation, once per image and timestep;
 (b) one subspace iteration of ours (k + --oversample vectors, by default 2k as the methods run it) and its cost
 per pushed vector in forward passes; (step) one step of the one-at-a-time baseline (J v and J^T u at batch 1);
-(d) our iterations until the subspace moves less than --tol, and their time; (c) power iteration with
-deflation (Haas et al.'s strategy) to the same --tol; (e) peak memory of ours (resident set on the CPU,
-allocated memory on a GPU), taken before the baseline runs. Each k runs in a fresh process so that peak memory is its own. --no-convergence skips (d)
-and (c), for models where running to tol takes hours on the machine at hand.
+(d) subspace iteration until the top-k subspace moves less than --tol, and its time; (L) block LOBPCG
+(lit_hspace.solvers.block_svd, the methods' default solver) to the same --tol; (c) power iteration with
+deflation (Haas et al.'s strategy) to the same --tol; products = rows pushed through J and J^T; (e) peak
+memory of ours (resident set on the CPU, allocated memory on a GPU), taken before the baseline runs. Each k
+runs in a fresh process so that peak memory is its own. --no-convergence skips (d), (L) and (c), for models
+where running to tol takes hours on the machine at hand; --no-deflation skips (c) alone.
 
     python benchmarks/jacobian.py --model tiny-random --k 4 16 30
     python benchmarks/jacobian.py --model random-celebahq-256 --k 30 --oversample 0 --chunk-size 4 --repeats 1 --no-convergence
@@ -23,7 +25,8 @@ import time
 import torch
 
 from lit_hspace.hspace import HSpaceUNet
-from lit_hspace.jacobian import JacobianOperator, deflated_power_iteration, subspace_iteration
+from lit_hspace.jacobian import JacobianOperator, deflated_power_iteration, principal_angle_sine, subspace_iteration
+from lit_hspace.solvers import block_svd
 from timing import best_time, peak_memory_mb
 
 
@@ -65,10 +68,15 @@ def measure(args: argparse.Namespace, k: int) -> dict:
     result["step"] = best_time(lambda: single.vjp(single.jvp(v)), repeats)
     if args.convergence:
         result["ours_total"], found = timed(lambda: ours(args.tol, args.max_iter))
-        result["ours_iterations"] = found.iterations
-        result["deflation"], baseline = timed(lambda: deflated_power_iteration(single, k, tol=args.tol, max_iter=args.max_iter, generator=seed()))
-        result["deflation_steps"] = baseline.iterations
-        result["value_agreement"] = float((baseline.values - found.values).abs().max() / found.values.max())
+        result["ours_iterations"], result["ours_products"] = found.iterations, found.products
+        block = lambda: block_svd(jac, k, tol=args.tol, max_iter=args.max_iter, generator=seed(), oversample=oversample)  # noqa: E731
+        result["lobpcg_total"], fast = timed(block)
+        result["lobpcg_iterations"], result["lobpcg_products"] = fast.iterations, fast.products
+        result["lobpcg_vs_subspace_sine"] = principal_angle_sine(found.vectors[0].T, fast.vectors[0].T).item()
+        if args.deflation:
+            result["deflation"], baseline = timed(lambda: deflated_power_iteration(single, k, tol=args.tol, max_iter=args.max_iter, generator=seed()))
+            result["deflation_steps"], result["deflation_products"] = baseline.iterations, baseline.products
+            result["value_agreement"] = float((baseline.values - fast.values).abs().max() / fast.values.max())
     return result
 
 
@@ -81,7 +89,8 @@ def main() -> None:
     parser.add_argument("--max-iter", type=int, default=100)
     parser.add_argument("--oversample", type=int, help="extra vectors iterated (default k, as the methods)")
     parser.add_argument("--chunk-size", type=int, help="directions per product (default: all k + oversample at once)")
-    parser.add_argument("--no-convergence", dest="convergence", action="store_false", help="skip (d) and (c): only per-iteration costs")
+    parser.add_argument("--no-convergence", dest="convergence", action="store_false", help="skip (d), (L) and (c): only per-iteration costs")
+    parser.add_argument("--no-deflation", dest="deflation", action="store_false", help="skip (c)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -91,7 +100,8 @@ def main() -> None:
         return
     print(f"model {args.model}, {args.device}, threads {torch.get_num_threads()}, torch {torch.__version__}, tol {args.tol}")
     head = ["k", "vectors", "chunk", "(a) forward", "linearise", "(b) iteration", "b/a", "b/a per vector", "(step)",
-            "(d) iterations", "ours to tol", "(c) deflation to tol", "c/b", "c / ours", "(e) peak MB"]
+            "(d) iterations", "subspace to tol", "(L) lobpcg iterations", "lobpcg to tol", "(c) deflation to tol", "c/b",
+            "c / subspace", "c / lobpcg", "products subspace / lobpcg / deflation", "sine(subspace, lobpcg)", "(e) peak MB"]
     print(" | ".join(head))
     for k in args.k:
         child = [sys.executable, __file__, *sys.argv[1:], "--child", str(k)]
@@ -101,9 +111,12 @@ def main() -> None:
         cells = [
             k, r["width"], args.chunk_size or r["width"], f"{r['forward']:.3f} s", f"{r['linearise']:.3f} s",
             f"{r['iteration']:.3f} s", f"{b_over_a:.1f}", f"{b_over_a * k / r['width']:.1f}", f"{r['step']:.3f} s",
-            r.get("ours_iterations", "-"), f"{r['ours_total']:.2f} s" if c else "-",
+            r.get("ours_iterations", "-"), f"{r['ours_total']:.2f} s" if "ours_total" in r else "-",
+            r.get("lobpcg_iterations", "-"), f"{r['lobpcg_total']:.2f} s" if "lobpcg_total" in r else "-",
             f"{c:.2f} s ({r['deflation_steps']} steps)" if c else "-", f"{c / r['iteration']:.1f}" if c else "-",
-            f"{c / r['ours_total']:.1f}" if c else "-", f"{r['peak_mb']:.0f}",
+            f"{c / r['ours_total']:.1f}" if c else "-", f"{c / r['lobpcg_total']:.1f}" if c else "-",
+            f"{r.get('ours_products', '-')} / {r.get('lobpcg_products', '-')} / {r.get('deflation_products', '-')}",
+            f"{r['lobpcg_vs_subspace_sine']:.1e}" if "lobpcg_vs_subspace_sine" in r else "-", f"{r['peak_mb']:.0f}",
         ]
         print(" | ".join(map(str, cells)), flush=True)
 

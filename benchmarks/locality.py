@@ -1,12 +1,14 @@
-"""Locality and transfer of haas, jive and rbe mouth directions on the built-in synthetic faces.
+"""Locality and transfer of the methods' mouth directions on the built-in synthetic faces.
 
-Each method runs its configs/synth/<method>_mouth.yaml through the CLI on the same N images (seeds
-0 .. N-1) at the same strengths, and is scored by the factor probe against the known factors:
+Each method runs its configs/synth/<method>_mouth.yaml through the CLI on the same N images at the same
+strengths, and is scored by the factor probe against the known factors. The images are dataset faces
+(`--source faces`, default: the generator's faces i = 0 .. N-1 with known factors, inverted exactly) or the
+model's samples (`--source seeds`, seeds 0 .. N-1):
 
 - locality: directions discovered on each image and applied to it;
-- transfer: directions discovered once, on a reference image (seed --reference), applied to all N images.
+- transfer: directions discovered once, on a reference image (number --reference), applied to all N images.
 
-Tables average the per-edit rows of each run's edits.csv over images, the first `edit_directions`
+Tables average the per-edit rows of each run's edits.csv over images, the first `edit.per_group`
 directions and every non-zero strength.
 
     python benchmarks/locality.py --num-images 8 --out docs/locality.md
@@ -31,16 +33,25 @@ from lit_hspace.cli import main as cli
 from lit_hspace.synth.faces import FACTORS
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "synth"
+FIRST_FACE = 40_000_000  # dataset faces: synth_face(FIRST_FACE + i), outside the model's training seeds
 REGION_FACTORS = {region: [f.name for f in FACTORS if f.region == region] for region in {f.region for f in FACTORS}}
 
 
-def run(command: str, method: str, seeds: list[int], strengths: list[float], save_dir: Path, *extra: str) -> Path:
-    """One CLI run of the method's config; returns its run directory."""
+def data_source(source: str, seeds: list[int]) -> str:
+    """The run's data: seeds (samples of the model) or dataset faces (the generator's faces with their factors, inverted)."""
+    if source == "seeds":
+        return "--data=" + json.dumps({"class_path": "lit_hspace.data.HSpaceData", "init_args": {"seeds": seeds}})
+    first = FIRST_FACE + seeds[0]  # seeds here are always a range: faces first .. first + len - 1
+    return "--data=" + json.dumps({"class_path": "lit_hspace.synth.data.DatasetFaces", "init_args": {"num_images": len(seeds), "first_seed": first}})
+
+
+def run(command: str, method: str, seeds: list[int], strengths: list[float], save_dir: Path, *extra: str, source: str = "seeds") -> Path:
+    """One CLI run of the method's config on seeds or on dataset faces (numbered like seeds); returns its run directory."""
     name = f"{method}_{command}_{len(list(save_dir.glob('*')))}"
     cli([
         command, "--config", str(CONFIGS / f"{method}_mouth.yaml"),
-        f"--data.init_args.seeds={seeds}",
-        f"--model.init_args.strengths={strengths}",
+        data_source(source, seeds),
+        f"--model.init_args.edit.strengths={strengths}",
         "--trainer.logger=" + json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(save_dir), "name": name}}),
         "--trainer.enable_progress_bar=false",
         *extra,
@@ -117,6 +128,8 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=8)
     parser.add_argument("--reference", type=int, default=1000, help="seed of the reference image for transfer")
     parser.add_argument("--strengths", type=float, nargs="+", default=[-50, -25, 25, 50])
+    parser.add_argument("--source", choices=["seeds", "faces"], default="faces",
+                        help="faces: the generator's faces with known factors, inverted (default); seeds: the model's samples")
     parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = parser.parse_args()
 
@@ -125,28 +138,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
             start = time.perf_counter()
-            rows = moved_rows(run("test", method, seeds, args.strengths, Path(tmp)))
+            rows = moved_rows(run("test", method, seeds, args.strengths, Path(tmp), source=args.source))
             seconds[method] = time.perf_counter() - start
             overall[method] = locality(rows)
             for strength in sorted({abs(float(r["strength"])) for r in rows}):
                 by_strength[f"{method}, abs(a) = {strength:g}"] = locality([r for r in rows if abs(float(r["strength"])) == strength])
 
             # Transfer: discover on the reference (its test run names the directions by the factor probe), then edit all N.
-            reference_run = run("test", method, [args.reference], args.strengths, Path(tmp))
+            reference_run = run("test", method, [args.reference], args.strengths, Path(tmp), source=args.source)
             (artifact,) = (reference_run / "directions").glob("*.safetensors")
             reference_names = {r["direction"]: r["name"] for r in moved_rows(reference_run)}
-            rows = moved_rows(run("test", method, seeds, args.strengths, Path(tmp), f"--model.init_args.directions={artifact}"))
+            rows = moved_rows(run("test", method, seeds, args.strengths, Path(tmp), f"--model.init_args.discovery.directions={artifact}", source=args.source))
             for direction, stats in consistency(rows, reference_names).items():
                 transfer[f"{method}, direction {direction}"] = stats
 
-    command = f"python benchmarks/locality.py --num-images {args.num_images} --reference {args.reference} --strengths " + " ".join(
+    command = f"python benchmarks/locality.py --source {args.source} --num-images {args.num_images} --reference {args.reference} --strengths " + " ".join(
         f"{s:g}" for s in args.strengths
     )
     report = "\n\n".join([
         "# Locality and transfer on the synthetic faces: mouth directions",
         f"`{command}` on {platform.machine()} ({torch.get_num_threads()} threads), torch {torch.__version__}. "
-        f"{args.num_images} images (seeds 0 .. {args.num_images - 1}), strengths {args.strengths}; each method's settings are "
-        "those of configs/synth/<method>_mouth.yaml. MSE on images in [0, 1] against the unedited sample; share inside = "
+        (f"{args.num_images} dataset faces (synth_face({FIRST_FACE} + i), i = 0 .. {args.num_images - 1}, inverted by the default "
+         "fixed-point inversion; their factors are known, so each edit starts from a known point)" if args.source == "faces"
+         else f"{args.num_images} samples (seeds 0 .. {args.num_images - 1})")
+        + f", strengths {args.strengths}; each method's settings are "
+        "those of configs/synth/<method>_mouth.yaml. MSE on images in [0, 1] against the reconstruction; share inside = "
         "the part of an edit's squared pixel change that falls inside the mouth box. Factor changes in normalised units "
         "(a factor's whole range = 1), read by the factor probe: target = the largest change among the mouth's factors "
         "(smile, mouth_open, lip_red), off-target = the mean change of the 10 other factors; mouth / eye factors = the "

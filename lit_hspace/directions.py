@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,47 @@ from torch import Tensor
 import lit_hspace
 from lit_hspace.hspace import HSpaceUNet
 
-# Metadata keys that must agree for a stored set to stand in for a new discovery.
-DISCOVERY_KEYS = (
-    "model_fingerprint", "h_shape", "t", "num_steps", "invert_to", "method", "method_params", "regions", "seed", "image",
-)
+def canonical(value: Any) -> str:
+    """A JSON text that is equal for equal values (sorted keys, tuples as lists)."""
+    return json.dumps(value, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class DiscoveryKey:
+    """Everything that determines a discovered direction set: two discoveries with equal keys give the same
+    set. Stored in the set's metadata; a stored set stands in for a new discovery only for an equal key."""
+
+    model_fingerprint: str
+    h_shape: tuple[int, ...]
+    t: int
+    num_steps: int
+    latent: str  # how x_t was reached: "seed", or the image's inversion settings (canonical JSON)
+    method: str
+    method_params: str  # canonical JSON
+    regions: str  # canonical JSON
+    seed: int
+    image: str
+
+    @classmethod
+    def of(cls, model: HSpaceUNet, t: int, num_steps: int, latent: str, method: str, method_params: dict,
+           regions: list[dict], seed: int, image: str) -> DiscoveryKey:
+        return cls(model.fingerprint, tuple(model.h_shape), t, num_steps, latent, method, canonical(method_params),
+                   canonical(regions), seed, image)
+
+    def to_meta(self) -> dict[str, Any]:
+        """As the set's metadata shows it (parameters and regions readable, not as JSON text)."""
+        meta = {f.name: getattr(self, f.name) for f in fields(self)}
+        return meta | {"h_shape": list(self.h_shape), "method_params": json.loads(self.method_params), "regions": json.loads(self.regions)}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> DiscoveryKey | None:
+        """The key a set's metadata records; None for sets without one (older sets, sets built by hand)."""
+        try:
+            values = {f.name: meta[f.name] for f in fields(cls)}
+        except KeyError:
+            return None
+        values |= {"h_shape": tuple(values["h_shape"]), "method_params": canonical(values["method_params"]), "regions": canonical(values["regions"])}
+        return cls(**values)
 
 
 @dataclass
@@ -100,24 +137,9 @@ class DirectionSet:
         if tuple(self.meta.get("h_shape", ())) != tuple(model.h_shape) or self.meta.get("model_fingerprint") != model.fingerprint:
             raise ValueError(f"direction set was made for {made_for}, not for {this}")
 
-    def matches(self, wanted: dict[str, Any]) -> bool:
-        """Whether this set is what a discovery with metadata `wanted` would produce."""
-        return all(_jsonable(self.meta.get(k)) == _jsonable(wanted.get(k)) for k in DISCOVERY_KEYS)
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value))
-
-
-def find_direction_set(run_dirs: list[Path], image_id: str, wanted: dict[str, Any]) -> DirectionSet | None:
-    """The newest stored set for `image_id` in `run_dirs/directions/` that matches `wanted`."""
-    for run_dir in sorted(run_dirs, key=lambda p: p.stat().st_mtime, reverse=True):
-        path = run_dir / "directions" / f"{image_id}.safetensors"
-        if path.is_file():
-            stored = DirectionSet.load(path)
-            if stored.matches(wanted):
-                return stored
-    return None
+    @property
+    def key(self) -> DiscoveryKey | None:
+        return DiscoveryKey.from_meta(self.meta)
 
 
 def name_directions(path: str | Path, assignments: list[str]) -> DirectionSet:

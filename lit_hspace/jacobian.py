@@ -6,8 +6,9 @@ J V by forward-mode products and J^T U by reverse-mode products, each batched ov
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,12 +17,26 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lit_hspace.hspace import Encoded, HSpaceUNet
 
+logger = logging.getLogger("lit_hspace")
+
 
 def default_chunk_size(device: torch.device | str) -> int:
-    """Directions per product when none is given: 1 on a CPU, where one direction at a time is the fastest
-    per direction and holds the least memory (docs/benchmarks.md); 16 elsewhere, as a GPU needs a batch to
-    be busy (the linearisation holds about 3.2 GB per row at 256 x 256 on a CPU: 16 rows fit an 80 GB GPU)."""
+    """Directions per product when none is given, before any measurement: 1 on a CPU, where one direction at
+    a time is the fastest per direction and holds the least memory (docs/benchmarks.md); 16 elsewhere, until
+    the first product measures what fits (`auto_chunk_rows`)."""
     return 1 if torch.device(device).type == "cpu" else 16
+
+
+def auto_chunk_rows(free_bytes: int, per_row_bytes: int, headroom: float = 0.8) -> int:
+    """Rows per product that fit in `free_bytes` at `per_row_bytes` each (at least 1), keeping 1 - headroom
+    of the free memory for the basis, the allocator's fragmentation and other processes."""
+    if free_bytes < 0 or per_row_bytes < 0 or not 0 < headroom <= 1:
+        raise ValueError(f"free_bytes={free_bytes}, per_row_bytes={per_row_bytes} must be >= 0, headroom={headroom} in (0, 1]")
+    return max(1, int(free_bytes * headroom) // max(per_row_bytes, 1))
+
+
+def _is_out_of_memory(err: Exception) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
 
 
 class JacobianOperator:
@@ -30,14 +45,23 @@ class JacobianOperator:
     fn is linearised once, at h0 repeated `chunk_size` times: one forward pass whose graph serves every
     later product. J^T u is one backward pass through it; J v is a backward pass through that backward
     (J v = d/du <J^T u, v>, exact since J^T u is linear in u), cheaper than forward-mode AD through a UNet.
-    Directions go through in chunks of `chunk_size` (memory grows linearly in it; default: `default_chunk_size`).
+    Directions go through in chunks of `chunk_size` rows (memory grows linearly in it). Without one, a CPU
+    uses 1 row and a GPU measures the memory of one row's linearisation and first product and takes as many
+    rows as its free memory holds (`auto_chunk_rows`); an explicit `chunk_size` is used as given. Either
+    way, an out-of-memory error halves the chunk and retries (logged on the "lit_hspace" logger) until one
+    row does not fit. `products` counts the rows pushed through J and J^T (padding excluded).
     """
 
     def __init__(self, fn: Callable[[Tensor], Tensor], h0: Tensor, chunk_size: int | None = None):
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size} must be at least 1, or None to choose from the device's memory")
         self.fn, self.h0 = fn, h0
         self.chunk_size = chunk_size or default_chunk_size(h0.device)
         self.in_shape = tuple(h0.shape[1:])
+        self.products = 0
+        self._measure = chunk_size is None and h0.device.type == "cuda"
         self._linear: dict[int, tuple[Callable, Callable]] = {}
+        self._out_shape: tuple[int, ...] | None = None
 
     @classmethod
     def of_decoder(cls, model: HSpaceUNet, enc: Encoded, chunk_size: int | None = None) -> JacobianOperator:
@@ -47,6 +71,14 @@ class JacobianOperator:
     @property
     def dim(self) -> int:
         return math.prod(self.in_shape)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """The shape of one output (one forward pass at batch 1 the first time)."""
+        if self._out_shape is None:
+            with torch.no_grad():
+                self._out_shape = tuple(self.fn(self.h0).shape[1:])
+        return self._out_shape
 
     def _linearised(self, batch: int) -> tuple[Callable, Callable]:
         """(u -> J^T u, v -> J v) for batches of exactly `batch` rows."""
@@ -58,20 +90,49 @@ class JacobianOperator:
             self._linear[batch] = (lambda u: pullback(u)[0], lambda v: pushforward(v)[0])
         return self._linear[batch]
 
+    def _measure_chunk(self) -> None:
+        """Choose chunk_size from the free GPU memory and the peak memory of one row's linearisation and product."""
+        device = self.h0.device
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        to_h, to_out = self._linearised(1)
+        to_h(to_out(torch.zeros_like(self.h0)))
+        per_row = torch.cuda.max_memory_allocated(device) - before
+        self._linear.clear()
+        free, _ = torch.cuda.mem_get_info(device)
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # cached, reusable
+        self.chunk_size, self._measure = auto_chunk_rows(free, per_row), False
+        logger.info("Jacobian products: %.0f MB per row, %.0f MB free: %d rows per chunk", per_row / 2**20, free / 2**20, self.chunk_size)
+
     def chunk_rows(self, rows: int) -> int:
         """Rows per chunk for `rows` directions: equal chunks of at most chunk_size rows."""
         return math.ceil(rows / math.ceil(rows / self.chunk_size))
 
     def _chunked(self, which: int, x: Tensor) -> Tensor:
         """Equal chunks (the last one zero-padded), so that one linearisation serves every chunk;
-        a subspace iteration always sends the same number of rows."""
-        size = self.chunk_rows(len(x))
-        op = self._linearised(size)[which]
-        out = []
-        for part in x.split(size):
-            padded = torch.cat([part, part.new_zeros(size - len(part), *part.shape[1:])])
-            out.append(op(padded)[: len(part)])
-        return torch.cat(out)
+        an iteration always sends the same number of rows. Out of memory: half the chunk, again."""
+        if self._measure:
+            self._measure_chunk()
+        while True:
+            try:
+                size = self.chunk_rows(len(x))
+                op = self._linearised(size)[which]
+                out = []
+                for part in x.split(size):
+                    padded = torch.cat([part, part.new_zeros(size - len(part), *part.shape[1:])])
+                    out.append(op(padded)[: len(part)])
+                self.products += len(x)
+                return torch.cat(out)
+            except (torch.OutOfMemoryError, RuntimeError) as err:
+                if not _is_out_of_memory(err) or size == 1:
+                    raise
+                out, op = None, None
+                self._linear.clear()
+                if self.h0.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.chunk_size = max(1, size // 2)
+                logger.warning("out of memory at %d rows per Jacobian product; retrying at %d", size, self.chunk_size)
 
     def jvp(self, v: Tensor) -> Tensor:
         """J v for each row of v: (b, *h_shape) -> (b, *out_shape)."""
@@ -91,6 +152,41 @@ class JacobianOperator:
         return torch.cat([one_chunk(part) for part in v.split(self.chunk_size)])
 
 
+class StackedJacobian:
+    """The stacked Jacobian [J_1; ...; J_N] of N images' operators: J^T M J = sum_i J_i^T M J_i, so its top
+    right singular vectors are one direction set for all N images. Outputs are concatenated along channels,
+    so a mask (m, 1, H, W) weights every image alike."""
+
+    def __init__(self, jacobians: Sequence[JacobianOperator]):
+        if not jacobians:
+            raise ValueError("StackedJacobian needs at least one image's JacobianOperator")
+        for name, shapes in (("h-space", [j.in_shape for j in jacobians]), ("output", [j.out_shape for j in jacobians])):
+            if len(set(shapes)) > 1:
+                raise ValueError(f"the images of one set must have one size, but their {name} shapes are {sorted(set(shapes))}")
+        self.jacobians = list(jacobians)
+        self.h0, self.in_shape, self.dim = jacobians[0].h0, jacobians[0].in_shape, jacobians[0].dim
+        self.out_shape = (len(jacobians) * jacobians[0].out_shape[0], *jacobians[0].out_shape[1:])
+
+    @property
+    def chunk_size(self) -> int:
+        return min(j.chunk_size for j in self.jacobians)
+
+    @property
+    def products(self) -> int:
+        return sum(j.products for j in self.jacobians)
+
+    def jvp(self, v: Tensor) -> Tensor:
+        return torch.cat([j.jvp(v) for j in self.jacobians], dim=1)
+
+    def vjp(self, u: Tensor) -> Tensor:
+        return sum(j.vjp(part) for j, part in zip(self.jacobians, u.chunk(len(self.jacobians), dim=1)))
+
+
+def as_operator(jac: JacobianOperator | StackedJacobian | Sequence[JacobianOperator]) -> JacobianOperator | StackedJacobian:
+    """One image's operator as it is; several images' as their StackedJacobian."""
+    return StackedJacobian(jac) if isinstance(jac, Sequence) else jac
+
+
 def check_k(k: int, n: int) -> None:
     if not 1 <= k <= n:
         raise ValueError(f"k={k} directions asked for, but h-space has {n} dimensions: choose 1 <= k <= {n}.")
@@ -104,6 +200,9 @@ class TruncatedSVD:
     values: Tensor  # (m, k), descending
     iterations: int
     movement: float  # sine of the largest principal angle the subspace moved in the last iteration
+    products: int = 0  # rows pushed through J and J^T
+    basis: Tensor | None = None  # (m, n, width) the final orthonormal basis (block solver): a warm start
+    residual: float = math.nan  # block solver: largest relative residual of the top k
 
 
 def principal_angle_sine(a: Tensor, b: Tensor) -> Tensor:
@@ -153,6 +252,7 @@ def subspace_iteration(
 
     start = torch.randn(m, n, width, generator=generator, dtype=torch.float64).to(jac.h0)
     basis = torch.linalg.qr(project(start)).Q
+    before = jac.products
     movement, values_sq = math.inf, None
     for iteration in range(1, max_iter + 1):
         directions = basis.transpose(1, 2).reshape(m * width, *jac.in_shape)
@@ -164,7 +264,8 @@ def subspace_iteration(
         if movement < tol:
             break
     vectors = orient(basis[..., :k].transpose(1, 2))
-    return TruncatedSVD(vectors, values_sq[..., :k].clamp(min=0).sqrt(), iteration, movement)
+    values = values_sq[..., :k].clamp(min=0).sqrt()
+    return TruncatedSVD(vectors, values, iteration, movement, jac.products - before, basis)
 
 
 def deflated_power_iteration(
@@ -183,7 +284,7 @@ def deflated_power_iteration(
     check_k(k, n)
     weight = (mask**2 if mask is not None else torch.ones(1, 1, 1, 1)).to(jac.h0)
     found = jac.h0.new_zeros(0, n)
-    values, steps, movement = [], 0, math.inf
+    values, steps, movement, before = [], 0, math.inf, jac.products
     start = torch.randn(k, n, generator=generator, dtype=torch.float64).to(jac.h0)
     for i in range(k):
         v = start[i] - found.T @ (found @ start[i])
@@ -200,4 +301,4 @@ def deflated_power_iteration(
                 break
         found = torch.cat([found, v[None]])
         values.append(value_sq.clamp(min=0).sqrt())
-    return TruncatedSVD(orient(found)[None], torch.stack(values)[None], steps, movement)
+    return TruncatedSVD(orient(found)[None], torch.stack(values)[None], steps, movement, jac.products - before)

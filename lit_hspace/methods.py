@@ -1,17 +1,25 @@
-"""The three discovery methods behind one interface: Jacobian at x_t + region masks -> directions."""
+"""The four discovery methods behind one interface: Jacobian at x_t + region masks -> directions.
+
+`discover` takes one image's JacobianOperator, or several images' (a list or a StackedJacobian) for one
+direction set from the summed operators sum_i J_i^T M J_i.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from lit_hspace.jacobian import JacobianOperator, subspace_iteration
+from lit_hspace.jacobian import JacobianOperator, StackedJacobian, as_operator, subspace_iteration
 from lit_hspace.jive import check_ranks, jive
 from lit_hspace.regions import Region
+from lit_hspace.solvers import block_svd, jacobian_pencil, lobpcg
+
+SOLVERS = ("lobpcg", "subspace")
+Solver = Literal["lobpcg", "subspace"]
 
 
 @dataclass
@@ -36,24 +44,30 @@ class DiscoveryMethod(ABC):
         k: directions per subspace iteration.
         tol: stop when the subspace moves less than this (sine of the largest principal angle).
         max_iter: iteration cap of each subspace iteration.
-        oversample: extra vectors the subspace iteration carries (default: k), so that the top k converge
-            at the rate s_{2k+1} / s_k rather than s_{k+1} / s_k: far fewer iterations where s_k ~ s_{k+1}.
+        oversample: extra vectors the solver carries (default: k), so that the top k converge faster where
+            s_k ~ s_{k+1} (subspace iteration: at the rate s_{2k+1} / s_k rather than s_{k+1} / s_k).
+        solver: "lobpcg" (block LOBPCG, `lit_hspace.solvers`: the same tolerance in far fewer products) or
+            "subspace" (subspace iteration, `lit_hspace.jacobian.subspace_iteration`).
     """
 
     name: str
     needs_outside = False
 
-    def __init__(self, k: int = 10, tol: float = 1e-3, max_iter: int = 30, oversample: int | None = None):
+    def __init__(
+        self, k: int = 10, tol: float = 1e-3, max_iter: int = 30, oversample: int | None = None, solver: Solver = "lobpcg"
+    ):
         if k < 1:
             raise ValueError(f"{type(self).__name__}: k={k} must be at least 1")
         if oversample is not None and oversample < 0:
             raise ValueError(f"{type(self).__name__}: oversample={oversample} must be >= 0")
-        self.k, self.tol, self.max_iter = k, tol, max_iter
+        if solver not in SOLVERS:
+            raise ValueError(f"{type(self).__name__}: solver={solver!r} is not one of {SOLVERS}")
+        self.k, self.tol, self.max_iter, self.solver = k, tol, max_iter, solver
         self.oversample = k if oversample is None else oversample
 
     def params(self) -> dict[str, Any]:
         """Everything that determines the result, for the artifact's metadata."""
-        return {"k": self.k, "tol": self.tol, "max_iter": self.max_iter, "oversample": self.oversample}
+        return {"k": self.k, "tol": self.tol, "max_iter": self.max_iter, "oversample": self.oversample, "solver": self.solver}
 
     def check(self, regions: list[Region], masks: Tensor, h_dim: int) -> None:
         """Raise on settings that cannot work, before any Jacobian product."""
@@ -69,16 +83,28 @@ class DiscoveryMethod(ABC):
                         "covers the whole image; give a smaller box"
                     )
 
-    def _iterate(self, jac: JacobianOperator, k: int, masks: Tensor | None, generator, **kwargs):
-        return subspace_iteration(
-            jac, k, masks, tol=self.tol, max_iter=self.max_iter, generator=generator, oversample=self.oversample, **kwargs
-        )
+    def _iterate(self, jac, k: int, masks: Tensor | None, generator, **kwargs):
+        solve = block_svd if self.solver == "lobpcg" else subspace_iteration
+        settings = dict(tol=self.tol, max_iter=self.max_iter, generator=generator, oversample=self.oversample)
+        return solve(as_operator(jac), k, masks, **settings, **kwargs)
 
     @abstractmethod
     def discover(
-        self, jac: JacobianOperator, regions: list[Region], masks: Tensor, generator: torch.Generator
+        self,
+        jac: JacobianOperator | StackedJacobian | list[JacobianOperator],
+        regions: list[Region],
+        masks: Tensor,
+        generator: torch.Generator,
     ) -> Directions:
         """masks: (N, 1, H, W), one per region, at the output resolution."""
+
+
+def convergence(svd, prefix: str = "") -> dict[str, Any]:
+    """A solve's convergence facts for `Directions.info` (JSON-serialisable)."""
+    facts = {"iterations": svd.iterations, "movement": svd.movement, "products": svd.products}
+    if svd.residual == svd.residual:  # not NaN: the block solver measures it
+        facts["residual"] = svd.residual
+    return {prefix + key: value for key, value in facts.items()}
 
 
 class Haas(DiscoveryMethod):
@@ -87,8 +113,11 @@ class Haas(DiscoveryMethod):
 
     name = "haas"
 
-    def __init__(self, k: int = 10, masked: bool = True, tol: float = 1e-3, max_iter: int = 30, oversample: int | None = None):
-        super().__init__(k, tol, max_iter, oversample)
+    def __init__(
+        self, k: int = 10, masked: bool = True, tol: float = 1e-3, max_iter: int = 30, oversample: int | None = None,
+        solver: Solver = "lobpcg",
+    ):
+        super().__init__(k, tol, max_iter, oversample, solver)
         self.masked = masked
 
     def params(self) -> dict[str, Any]:
@@ -98,8 +127,7 @@ class Haas(DiscoveryMethod):
         masked = self.masked and bool(regions)
         svd = self._iterate(jac, self.k, union(masks) if masked else None, generator)
         label = "+".join(r.name for r in regions) if masked else "global"
-        info = {"iterations": svd.iterations, "movement": svd.movement}
-        return Directions(svd.vectors[0], svd.values[0], [label] * self.k, info)
+        return Directions(svd.vectors[0], svd.values[0], [label] * self.k, convergence(svd))
 
 
 class JIVE(DiscoveryMethod):
@@ -121,8 +149,9 @@ class JIVE(DiscoveryMethod):
         jive_tol: float = 1e-8,
         jive_max_iter: int = 500,
         oversample: int | None = None,
+        solver: Solver = "lobpcg",
     ):
-        super().__init__(k, tol, max_iter, oversample)
+        super().__init__(k, tol, max_iter, oversample, solver)
         if rank_individual > k:
             raise ValueError(f"JIVE: individual rank r_A={rank_individual} cannot exceed k={k} rows per region")
         self.rank_joint, self.rank_individual = rank_joint, rank_individual
@@ -148,7 +177,7 @@ class JIVE(DiscoveryMethod):
         vectors = torch.cat([result.joint, *result.individual])
         values = torch.cat([result.joint_values, *result.individual_values])
         labels = ["joint"] * self.rank_joint + [r.name for r in regions for _ in range(self.rank_individual)]
-        info = {"iterations": svd.iterations, "movement": svd.movement, "jive_iterations": result.iterations}
+        info = {**convergence(svd), "jive_iterations": result.iterations}
         return Directions(vectors, values, labels, info)
 
 
@@ -162,8 +191,11 @@ class RBE(DiscoveryMethod):
     name = "rbe"
     needs_outside = True
 
-    def __init__(self, k: int = 10, n_outside: int = 10, tol: float = 1e-3, max_iter: int = 30, oversample: int | None = None):
-        super().__init__(k, tol, max_iter, oversample)
+    def __init__(
+        self, k: int = 10, n_outside: int = 10, tol: float = 1e-3, max_iter: int = 30, oversample: int | None = None,
+        solver: Solver = "lobpcg",
+    ):
+        super().__init__(k, tol, max_iter, oversample, solver)
         if n_outside < 0:
             raise ValueError(f"RBE: n_outside={n_outside} must be >= 0")
         self.n_outside = n_outside
@@ -183,11 +215,58 @@ class RBE(DiscoveryMethod):
         outside = self._iterate(jac, self.n_outside, 1 - inside, generator) if self.n_outside else None
         outside_vectors = outside.vectors[0] if outside else None
         svd = self._iterate(jac, self.k, inside, generator, project_out=outside_vectors)
-        info = {"iterations": svd.iterations, "movement": svd.movement}
-        if outside:
-            info.update(outside_iterations=outside.iterations, outside_movement=outside.movement)
+        info = {**convergence(svd), **(convergence(outside, "outside_") if outside else {})}
         label = "+".join(r.name for r in regions)
         return Directions(svd.vectors[0], svd.values[0], [label] * self.k, info, outside_vectors)
 
 
-METHODS = {cls.name: cls for cls in (Haas, JIVE, RBE)}
+class Rayleigh(DiscoveryMethod):
+    """Directions as local as the Jacobian allows: the top-k generalized eigenvectors of
+    (J^T M_in J, J^T M_out J + lambda I), i.e. the maximisers of ||J_in v||^2 / (||J_out v||^2 + lambda ||v||^2),
+    each orthogonal (in the B inner product) to those before it.
+
+    lambda = rel_lambda * s_out^2, s_out the top singular value of J_out (a short LOBPCG run, recorded in
+    `info`): small values buy locality with inside change (lambda -> 0: the directions J_out barely sees),
+    large ones tend to Haas' masked directions. Each region is solved against its own outside (1 - its mask),
+    all in one batched iteration; a region's directions are labelled with its name. Values are
+    sqrt(theta), the generalized singular values. Block LOBPCG only: subspace iteration would need B^-1.
+    """
+
+    name = "rayleigh"
+    needs_outside = True
+
+    def __init__(
+        self, k: int = 10, rel_lambda: float = 0.01, tol: float = 1e-3, max_iter: int = 60, oversample: int | None = None,
+        solver: Solver = "lobpcg",
+    ):
+        super().__init__(k, tol, max_iter, oversample, solver)
+        if not rel_lambda > 0:
+            raise ValueError(f"Rayleigh: rel_lambda={rel_lambda} must be > 0 (lambda = rel_lambda * s_out^2 keeps B invertible)")
+        if solver != "lobpcg":
+            raise ValueError(f"Rayleigh: solver={solver!r} cannot solve a generalized eigenproblem; use 'lobpcg'")
+        self.rel_lambda = rel_lambda
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "rel_lambda": self.rel_lambda}
+
+    def discover(self, jac, regions, masks, generator) -> Directions:
+        jac = as_operator(jac)
+        inside = masks.to(jac.h0)
+        outside_top = block_svd(jac, 1, 1 - inside, tol=1e-2, max_iter=20, generator=generator, oversample=3)
+        lam = self.rel_lambda * outside_top.values[:, 0].double() ** 2
+        before = jac.products
+        found = lobpcg(
+            jacobian_pencil(jac, inside, 1 - inside, lam), jac.dim, len(inside), self.k, self.k + self.oversample,
+            tol=self.tol, max_iter=self.max_iter, generator=generator, device=jac.h0.device,
+        )
+        info = {
+            "iterations": found.iterations, "movement": found.movement, "residual": found.residual,
+            "products": jac.products - before, "outside_top_singular_value": outside_top.values[:, 0].tolist(),
+            "lambda": lam.tolist(), "outside_products": outside_top.products,
+        }
+        labels = [r.name for r in regions for _ in range(self.k)]
+        vectors = found.vectors.reshape(-1, jac.dim).to(jac.h0.dtype)
+        return Directions(vectors, found.values.clamp(min=0).sqrt().flatten().to(jac.h0.dtype), labels, info)
+
+
+METHODS = {cls.name: cls for cls in (Haas, JIVE, RBE, Rayleigh)}

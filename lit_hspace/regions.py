@@ -43,20 +43,30 @@ PRESETS: dict[str, dict[str, Box]] = {
 
 @dataclass(frozen=True)
 class Region:
-    """A named region: a box, a mask image file, or (name only) a preset of the data set.
+    """A named region: a box, a mask image file, an automatic mask, or (name only) a preset of the data set.
 
     Args:
         name: region name; with neither box nor mask, looked up in the preset.
         box: (x0, y0, x1, y1) in [0, 1], x to the right, y down.
         mask: path to a mask image; pixels brighter than half are inside.
+        auto: the mask is found per image from the model itself (lit_hspace.segment): the automatic part
+            named `name` by its overlap with the preset's region of that name.
     """
 
     name: str
     box: Box | None = None
     mask: str | None = None
+    auto: bool = False
 
     def resolved(self, preset: str | None) -> Region:
         """This region with its box filled in from `preset`, validated."""
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a region needs a non-empty name, got {self.name!r}")
+        if self.auto:
+            if self.box is not None or self.mask is not None:
+                given = f"box {self.box}" if self.box is not None else f"mask '{self.mask}'"
+                raise ValueError(f"region '{self.name}': auto: true finds the mask per image; it takes no {given}")
+            return self
         if self.box is not None and self.mask is not None:
             raise ValueError(f"region '{self.name}': give a box or a mask file, not both")
         if self.mask is not None:
@@ -82,6 +92,11 @@ class Region:
 
     def to_mask(self, size: int) -> Tensor:
         """A (1, size, size) float mask of 0 and 1 at the model's output resolution."""
+        if self.auto:
+            raise ValueError(
+                f"region '{self.name}' is automatic: its mask differs per image; compute it with "
+                "lit_hspace.segment.auto_regions(model, x_t, t, ...) for each image"
+            )
         if self.mask is not None:
             try:
                 image = Image.open(self.mask).convert("L")

@@ -24,84 +24,96 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import yaml  # noqa: E402
+import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from lit_hspace.callbacks import read_rows  # noqa: E402
+from lit_hspace.figures import labelled_grid  # noqa: E402
+from lit_hspace.layout import RunLayout, RunManifest  # noqa: E402
+from lit_hspace.metrics import factor_column  # noqa: E402
 
 # Method-table columns: metrics.json key -> heading; a column shows where some run has the metric.
 TABLE = {
     "test/fid": "FID ↓", "test/id": "ID ↑", "test/lpips": "LPIPS ↓", "test/mse_inside": "MSE inside",
     "test/mse_outside": "MSE outside ↓", "test/factor_target": "target factor ↑", "test/factor_off_target": "off-target ↓",
+    "test/reconstruction_mae": "reconstruction MAE ↓", "test/probe_start_error": "probe error at the start ↓",
 }
 
 
 @dataclass
 class Run:
-    path: Path
-    config: dict[str, Any]
-    metrics: dict[str, float]
+    layout: RunLayout
+    manifest: RunManifest
     rows: list[dict[str, str]]
+    label: str = ""  # the method, with the parameters that tell its runs apart (set by load_runs)
 
     @property
-    def init(self) -> dict[str, Any]:
-        return self.config["model"]["init_args"]
+    def path(self) -> Path:
+        return self.layout.root
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.manifest.metrics
 
     @property
     def model(self) -> str:
-        return str(self.init["model"])
+        return self.manifest.model
 
     @property
     def method(self) -> str:
-        return self.init["method"]["class_path"].rsplit(".", 1)[-1].lower()
+        return self.manifest.method
 
     @property
     def ranks(self) -> tuple[int, int] | None:
-        args = self.init["method"].get("init_args", {})
-        return (args["rank_joint"], args["rank_individual"]) if "rank_joint" in args else None
+        params = self.manifest.method_params
+        return (params["rank_joint"], params["rank_individual"]) if "rank_joint" in params else None
 
     def edit_image(self, strength: float | None = None) -> tuple[Image.Image, str]:
         """The first image's first edited direction at `strength` (default: the largest), with its caption."""
         first = self.rows[0]
         strengths = sorted({float(r["strength"]) for r in self.rows if r["image"] == first["image"]})
         a = max(strengths) if strength is None else strength
-        name = f"d{int(first['direction']):02d}_{first['label']}_a{a:+g}.png"
-        return Image.open(self.path / "images" / first["image"] / name).convert("RGB"), f"{first['label']} {first['direction']}, a={a:+g}"
+        path = self.layout.edit_image(first["image"], int(first["direction"]), first["label"], a)
+        return Image.open(path).convert("RGB"), f"{first['label']} {first['direction']}, a={a:+g}"
 
 
 def load_runs(paths: list[str | Path]) -> list[Run]:
-    dirs = []
-    for path in map(Path, paths):
-        found = [path] if (path / "edits.csv").is_file() else sorted(p.parent for p in path.glob("**/edits.csv"))
+    layouts = []
+    for path in paths:
+        found = RunLayout.finished_under(path)
         if not found:
-            raise FileNotFoundError(f"'{path}' holds no finished test run (no edits.csv in it or below it)")
-        dirs += found
-    runs = []
-    for d in dirs:
-        with (d / "edits.csv").open() as f:
-            rows = list(csv.DictReader(f))
-        metrics = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").is_file() else {}
-        runs.append(Run(d, yaml.safe_load((d / "config.yaml").read_text()), metrics, rows))
+            raise FileNotFoundError(f"'{path}' holds no finished test run (no run.json with an edits.csv in it or below it)")
+        layouts += found
+    runs = [Run(layout, RunManifest.read(layout), read_rows(layout.edits_csv)) for layout in layouts]
     models = defaultdict(list)
     for run in runs:
         models[run.model].append(run)
     if len(models) > 1:
         listed = "; ".join(f"{m}: {len(rs)} runs" for m, rs in models.items())
         raise ValueError(f"the runs are of different models ({listed}): a report compares runs of one model; pass them separately")
+    by_method = defaultdict(list)
+    for run in runs:
+        by_method[run.method].append(run)
+    for method, group in by_method.items():  # rbe n_outside=30: the parameters in which a method's runs differ
+        varying = sorted(k for k in group[0].manifest.method_params if len({json.dumps(r.manifest.method_params.get(k)) for r in group}) > 1)
+        for run in group:
+            run.label = " ".join([method] + [f"{k}={run.manifest.method_params[k]}" for k in varying])
     return runs
 
 
 def method_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
-    """One row per method (means over its runs), one column per metric any run has."""
+    """One row per method label (means over its runs), one column per metric any run has."""
     keys = [k for k in TABLE if any(k in r.metrics for r in runs)]
-    by_method = defaultdict(list)
+    by_label = defaultdict(list)
     for run in runs:
-        by_method[run.method].append(run)
+        by_label[run.label].append(run)
     body = []
-    for method, group in sorted(by_method.items()):
+    for label, group in sorted(by_label.items()):
         cells = []
         for key in keys:
             values = [r.metrics[key] for r in group if key in r.metrics]
             cells.append(f"{sum(values) / len(values):.4g}" if values else "")
-        body.append([method, str(len(group)), *cells])
+        body.append([label, str(len(group)), *cells])
     return ["method", "runs", *(TABLE[k] for k in keys)], body
 
 
@@ -117,125 +129,136 @@ def direction_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     images of each image's mean over the non-zero strengths, i.e. how consistently a direction acts. With
     the factor probe's columns, also in how many images a direction applied from a given set moves the
     factor it is named after most (a set a run discovers itself is named image by image, so there it is moot)."""
+    from lit_hspace.synth.faces import FACTOR_NAMES
+
     keys = [k for k in PER_DIRECTION if all(k in r.rows[0] for r in runs)]
-    factors = [k for k in runs[0].rows[0] if k.startswith("d_") and all(k in r.rows[0] for r in runs)]
+    factors = [factor_column(f) for f in FACTOR_NAMES if all(factor_column(f) in r.rows[0] for r in runs)]
     per_image: dict[tuple[str, str], dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     given = set()  # (method, direction) applied from a given direction set
     for run in runs:
         for row in run.rows:
             direction = row.get("name") or f"{row['label']} {row['direction']}"
-            if run.init.get("directions"):
-                given.add((run.method, direction))
+            if run.manifest.given_directions:
+                given.add((run.label, direction))
             if float(row["strength"]) != 0:
                 for key in keys + factors:
-                    per_image[run.method, direction][row["image"]][key].append(abs(float(row[key])) if key in factors else float(row[key]))
+                    per_image[run.label, direction][row["image"]][key].append(abs(float(row[key])) if key in factors else float(row[key]))
     body = []
-    for (method, direction), images in sorted(per_image.items()):
+    for (label, direction), images in sorted(per_image.items()):
         cells = []
         for key in keys:
             means = [statistics.fmean(v[key]) for v in images.values()]
             spread = f" ± {statistics.stdev(means):.2g}" if len(means) > 1 else ""
             cells.append(f"{statistics.fmean(means):.3g}{spread}")
         if factors and given:
-            tops = [max(factors, key=lambda f: statistics.fmean(v[f]))[2:] for v in images.values()]
-            cells.append(f"{tops.count(direction)}/{len(tops)}" if f"d_{direction}" in factors and (method, direction) in given else "")
-        body.append([method, direction, str(len(images)), *cells])
+            tops = [max(factors, key=lambda f: statistics.fmean(v[f])) for v in images.values()]
+            named = factor_column(direction) in factors and (label, direction) in given
+            cells.append(f"{tops.count(factor_column(direction))}/{len(tops)}" if named else "")
+        body.append([label, direction, str(len(images)), *cells])
     head = ["method", "direction", "images", *(PER_DIRECTION[k] for k in keys)]
     return head + (["moves its named factor most"] if factors and given else []), body
 
 
-def mse_curves(runs: list[Run], path: Path) -> Path:
-    """MSE inside (solid) and outside (dashed) the region against edit strength, one colour per method."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    by_method = defaultdict(lambda: defaultdict(lambda: ([], [])))
+def mse_by_strength(runs: list[Run]) -> dict[str, dict[float, tuple[float, float]]]:
+    """label -> strength -> (mean MSE inside, mean MSE outside) over the label's runs, images and directions."""
+    points = defaultdict(lambda: defaultdict(lambda: ([], [])))
     for run in runs:
         for row in run.rows:
-            inside, outside = by_method[run.method][float(row["strength"])]
+            inside, outside = points[run.label][float(row["strength"])]
             inside.append(float(row["mse_inside"]))
             outside.append(float(row["mse_outside"]))
-    for method, points in sorted(by_method.items()):
-        strengths = sorted(points)
-        (line,) = ax.plot(strengths, [sum(points[a][0]) / len(points[a][0]) for a in strengths], "-o", label=f"{method} inside")
-        ax.plot(strengths, [sum(points[a][1]) / len(points[a][1]) for a in strengths], "--o", color=line.get_color(), label=f"{method} outside")
+    return {label: {a: (statistics.fmean(i), statistics.fmean(o)) for a, (i, o) in sorted(by_a.items())} for label, by_a in points.items()}
+
+
+def mse_curves(runs: list[Run], path: Path) -> Path:
+    """MSE inside (solid) and outside (dashed) the region against edit strength, one colour per method."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, by_a in sorted(mse_by_strength(runs).items()):
+        strengths = list(by_a)
+        (line,) = ax.plot(strengths, [by_a[a][0] for a in strengths], "-o", label=f"{label} inside")
+        ax.plot(strengths, [by_a[a][1] for a in strengths], "--o", color=line.get_color(), label=f"{label} outside")
     ax.set_xlabel("edit strength a")
-    ax.set_ylabel("MSE against the unedited sample")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("MSE against the reconstruction")
+    ax.legend(fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
 
 
-def image_grid(cells: dict[tuple[Any, Any], Image.Image], rows: list, cols: list, row_label: str, col_label: str, path: Path) -> Path:
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.6 * len(cols) + 0.6, 1.6 * len(rows) + 0.4), squeeze=False)
-    for i, r in enumerate(rows):
-        for j, c in enumerate(cols):
-            ax = axes[i][j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if (r, c) in cells:
-                ax.imshow(cells[(r, c)])
-            if i == 0:
-                ax.set_title(f"{col_label} {c}", fontsize=9)
-            if j == 0 and row_label:
-                ax.set_ylabel(f"{row_label} {r}", fontsize=9)
+def outside_against_inside(runs: list[Run]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """label -> (MSE inside, MSE outside) at |a| = 0, then each |a| (both signs averaged), inside ascending."""
+    curves = {}
+    for label, by_a in mse_by_strength(runs).items():
+        levels = sorted({abs(a) for a in by_a})
+        inside = [statistics.fmean(by_a[a][0] for a in by_a if abs(a) == m) for m in levels]
+        outside = [statistics.fmean(by_a[a][1] for a in by_a if abs(a) == m) for m in levels]
+        order = np.argsort(inside)
+        curves[label] = (np.asarray(inside)[order], np.asarray(outside)[order])
+    return curves
+
+
+def locality_curves(runs: list[Run], path: Path) -> Path:
+    """MSE outside against MSE inside over the strengths, one curve per method: at the same change inside the
+    region, the lower curve changed the rest of the image less (the comparison RBE's Fig. 7 intends)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, (inside, outside) in sorted(outside_against_inside(runs).items()):
+        ax.plot(inside, outside, "-o", label=label)
+    ax.set_xlabel("MSE inside the region")
+    ax.set_ylabel("MSE outside the region")
+    ax.legend(fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=130)
     plt.close(fig)
+    return path
+
+
+def matched_table(runs: list[Run], fractions: tuple[float, ...] = (0.5, 1.0)) -> tuple[list[str], list[list[str]]]:
+    """MSE outside of each method interpolated at common levels of MSE inside: fractions of the largest inside
+    change that every method reaches, so no method is extrapolated."""
+    curves = outside_against_inside(runs)
+    reach = min(inside.max() for inside, _ in curves.values())
+    levels = [f * reach for f in fractions]
+    body = [[label, *(f"{np.interp(level, inside, outside):.4g}" for level in levels)] for label, (inside, outside) in sorted(curves.items())]
+    return ["method", *(f"MSE outside at MSE inside {level:.4g}" for level in levels)], body
+
+
+def image_figure(cells: dict[tuple[Any, Any], Image.Image], rows: list, cols: list, row_label: str, col_label: str, path: Path) -> Path:
+    """A labelled grid of edited images (nearest-neighbour upscaled): rows and columns named by their value."""
+    def tensor(image: Image.Image):
+        import torch
+
+        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+
+    grid = [[tensor(cells[(r, c)]) if (r, c) in cells else None for c in cols] for r in rows]
+    labelled_grid(grid, [f"{col_label} {c}" for c in cols], [f"{row_label} {r}".strip() for r in rows]).save(path)
     return path
 
 
 def figures(runs: list[Run], out: Path) -> list[tuple[str, Path]]:
-    found = [("MSE inside and outside the region against strength (RBE Fig. 7)", mse_curves(runs, out / "mse_vs_strength.png"))]
+    found = [
+        ("MSE inside and outside the region against strength (RBE Fig. 7)", mse_curves(runs, out / "mse_vs_strength.png")),
+        ("Locality: MSE outside against MSE inside, over the strengths (lower is more local)", locality_curves(runs, out / "outside_vs_inside.png")),
+    ]
     ranked = {r.ranks: r for r in runs if r.ranks is not None}
     if len({k for k in ranked}) > 1:
         r_c, r_a = sorted({k[0] for k in ranked}), sorted({k[1] for k in ranked})
         cells = {k: run.edit_image()[0] for k, run in ranked.items()}
-        found.append(("Rank grid: rows r_C, columns r_A (JIVE appendix Fig. 1)", image_grid(cells, r_c, r_a, "r_C", "r_A", out / "rank_grid.png")))
-    timesteps = {float(r.init["timestep"]): r for r in runs}
+        found.append(("Rank grid: rows r_C, columns r_A (JIVE appendix Fig. 1)", image_figure(cells, r_c, r_a, "r_C", "r_A", out / "rank_grid.png")))
+    timesteps = {r.manifest.timestep: r for r in runs}
     if len(timesteps) > 1:
-        cells = {(0, t): run.edit_image()[0] for t, run in timesteps.items()}
-        found.append(("Timestep row", image_grid(cells, [0], sorted(timesteps), "", "t/T", out / "timestep_row.png")))
+        cells = {("", t): run.edit_image()[0] for t, run in timesteps.items()}
+        found.append(("Timestep row", image_figure(cells, [""], sorted(timesteps), "", "t/T", out / "timestep_row.png")))
     strength_cells = {}
     for run in runs:
         first = run.rows[0]
         for row in run.rows:
             if row["image"] == first["image"] and row["direction"] == first["direction"]:
-                strength_cells[(0, float(row["strength"]))] = run.edit_image(float(row["strength"]))[0]
+                strength_cells[("", float(row["strength"]))] = run.edit_image(float(row["strength"]))[0]
     if len(strength_cells) > 1:
         cols = sorted(c for _, c in strength_cells)
-        found.append(("Strength row", image_grid(strength_cells, [0], cols, "", "a", out / "strength_row.png")))
+        found.append(("Strength row", image_figure(strength_cells, [""], cols, "", "a =", out / "strength_row.png")))
     return found
-
-
-def compose(run: Run, strengths: list[float], num_directions: int) -> dict[tuple[float, int], Any]:
-    """(a, j) -> the run's first image edited with a times the sum of its first j directions, (H, W, 3) in [0, 1]."""
-    import torch
-
-    from lit_hspace.ddim import DDIM, Edit
-    from lit_hspace.directions import DirectionSet
-    from lit_hspace.hspace import HSpaceUNet
-    from lit_hspace.metrics import to_unit
-
-    dset = DirectionSet.load(next(iter(sorted((run.path / "directions").glob("*.safetensors")))))
-    model = HSpaceUNet.from_pretrained(run.model)
-    dset.check_fits(model)
-    ddim = DDIM(model, run.init.get("num_steps", 50))
-    t = dset.meta["t"]
-    groups = [g for g in dset.groups if g != "joint"] or dset.groups
-    picks = dset.indices(groups[0])[:num_directions]
-    cells = {}
-    for a in strengths:
-        for j in range(1, len(picks) + 1):
-            delta = a * dset.directions[picks[:j]].sum(0, keepdim=True)
-            image = to_unit(ddim.sample(dset.x_t, start=t, edit=Edit(delta, t, run.init.get("injection", "x0_and_direction"))))[0]
-            cells[(a, j)] = image.permute(1, 2, 0).numpy()
-    return cells
-
-
-def composition_grid(run: Run, strengths: list[float], num_directions: int, path: Path) -> Path:
-    cells = compose(run, strengths, num_directions)
-    return image_grid(cells, strengths, sorted({j for _, j in cells}), "a", "directions", path)
 
 
 def html_table(table: tuple[list[str], list[list[str]]]) -> str:
@@ -246,7 +269,7 @@ def html_table(table: tuple[list[str], list[list[str]]]) -> str:
 
 def write_html(runs: list[Run], tables: list[tuple[str, tuple]], found: list[tuple[str, Path]], out: Path) -> Path:
     images = "".join(f"<h2>{html.escape(title)}</h2><img src='{p.name}'>" for title, p in found)
-    listed = "".join(f"<li>{html.escape(str(r.path))}: {r.method}, t={r.init['timestep']}</li>" for r in runs)
+    listed = "".join(f"<li>{html.escape(str(r.path))}: {html.escape(r.label)}, t={r.manifest.timestep}</li>" for r in runs)
     page = (
         "<!doctype html><meta charset='utf-8'><title>lit_hspace report</title>"
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.3em .8em;border-bottom:1px solid #ccc}</style>"
@@ -271,12 +294,15 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     tables = [
         ("Methods (means over each method's runs and edits with a non-zero strength)", method_table(runs)),
+        ("Locality at matched change inside the region (interpolated along each method's curve)", matched_table(runs)),
         ("Directions (mean ± sd over images of each image's mean over non-zero strengths)", direction_table(runs)),
     ]
     found = figures(runs, args.out)
     if args.composition:
+        from lit_hspace.composition import composition_grid
+
         path = composition_grid(runs[0], args.composition_strengths, args.composition, args.out / "composition.png")
-        found.append(("Composition: a times the sum of the first j directions (JIVE appendix Fig. 4)", path))
+        found.append(("Composition: one direction of each region added column by column (JIVE appendix Fig. 4)", path))
     page = write_html(runs, tables, found, args.out)
     for title, (head, body) in tables:
         print(f"{title}\n| {' | '.join(head)} |\n|{' --- |' * len(head)}")

@@ -17,6 +17,7 @@ import os
 import urllib.error
 import urllib.request
 import warnings
+from typing import Literal
 from urllib.parse import urlparse
 
 from lightning.pytorch.cli import SaveConfigCallback
@@ -51,19 +52,23 @@ def reachable(url: str, timeout: float = PROBE_SECONDS) -> bool:
         return False
 
 
-def choose_mode(offline: bool | None) -> tuple[bool, str]:
-    """(offline, why). An explicit choice or WANDB_MODE wins; otherwise online only with credentials and a
-    W&B server that answers within PROBE_SECONDS."""
+Mode = Literal["online", "offline", "disabled"]
+
+
+def choose_mode(offline: bool | None) -> tuple[Mode, str]:
+    """(mode, why). An explicit choice or WANDB_MODE wins (W&B's own values: online, offline or dryrun, disabled);
+    otherwise online only with credentials and a W&B server that answers within PROBE_SECONDS."""
     if offline is not None:
-        return offline, "asked for"
+        return ("offline" if offline else "online"), "asked for"
     if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"] != "online", f"WANDB_MODE={os.environ['WANDB_MODE']}"
+        mode = os.environ["WANDB_MODE"]
+        return ("disabled" if mode == "disabled" else "online" if mode == "online" else "offline"), f"WANDB_MODE={mode}"
     url = wandb_server()
     if not has_credentials(urlparse(url).hostname or ""):
-        return True, "no W&B credentials (WANDB_API_KEY or `wandb login`)"
+        return "offline", "no W&B credentials (WANDB_API_KEY or `wandb login`)"
     if not reachable(url):
-        return True, f"{url} did not answer within {PROBE_SECONDS:g} s"
-    return False, f"credentials and {url} reachable"
+        return "offline", f"{url} did not answer within {PROBE_SECONDS:g} s"
+    return "online", f"credentials and {url} reachable"
 
 
 class WandbTracker(WandbLogger):
@@ -74,12 +79,20 @@ class WandbTracker(WandbLogger):
     """
 
     def __init__(self, project: str = "lit_hspace", name: str | None = None, save_dir: str = "runs", offline: bool | None = None, **kwargs):
-        offline, why = choose_mode(offline)
-        if offline and why != "asked for":
+        mode, why = choose_mode(offline)
+        if mode == "offline" and why != "asked for":
             warnings.warn(f"W&B logs offline: {why}. Upload later with `wandb sync {save_dir}/wandb/offline-run-*`.", stacklevel=2)
-        os.makedirs(save_dir, exist_ok=True)
-        super().__init__(project=project, name=name, save_dir=save_dir, offline=offline, **kwargs)
+        if mode == "disabled":  # W&B's own disabled mode: nothing is logged or written (WandbLogger's offline flag would override it)
+            kwargs["mode"] = "disabled"
+        else:
+            os.makedirs(save_dir, exist_ok=True)
+        super().__init__(project=project, name=name, save_dir=save_dir, offline=mode == "offline", **kwargs)
         self.named_by_user = name is not None
+
+
+def loggers_with(trainer, method: str) -> list:
+    """The run's loggers that can `method` (log_image, log_table: W&B yes, CSV no)."""
+    return [logger for logger in trainer.loggers if hasattr(logger, method)]
 
 
 class SaveAndLogConfig(SaveConfigCallback):

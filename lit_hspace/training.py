@@ -13,9 +13,12 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchvision.utils import make_grid, save_image
 
 from lit_hspace.ddim import DDIM
 from lit_hspace.hspace import HSpaceUNet
+from lit_hspace.metrics import to_unit
+from lit_hspace.tracking import loggers_with
 
 
 class DDPMTrainer(L.LightningModule):
@@ -91,3 +94,53 @@ class DDPMTrainer(L.LightningModule):
         self.ema.module.save_pretrained(path, safe_serialization=True)
         self.scheduler.save_pretrained(path)
         return path
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The run directory (the logger's log_dir)."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+class SampleGrid(L.Callback):
+    """Every `every_n_steps` training steps (and at the end), a grid of EMA samples from fixed seeds:
+    samples/step_<n>.png in the run directory, and to the logger where it takes images."""
+
+    def __init__(self, every_n_steps: int = 500, num_samples: int = 16, seed: int = 0):
+        self.every_n_steps, self.num_samples, self.seed = every_n_steps, num_samples, seed
+        self._written_step = -1
+
+    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        self.run = run_dir(trainer)  # a collective under DDP: read once, by every rank
+
+    def _write(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.global_step == self._written_step:
+            return
+        self._written_step = trainer.global_step
+        samples = to_unit(pl_module.sample(self.num_samples, self.seed)).float().cpu()
+        grid = make_grid(samples, nrow=int(self.num_samples**0.5), padding=1)
+        folder = self.run / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_image(grid, folder / f"step_{trainer.global_step:07d}.png")
+        for logger in loggers_with(trainer, "log_image"):
+            logger.log_image("samples", [grid], step=trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every_n_steps == 0 and trainer.is_global_zero:
+            self._write(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self._write(trainer, pl_module)
+
+
+class ExportEMA(L.Callback):
+    """At the end of training, the EMA weights as a diffusers directory: <run>/ema_unet/ (or `path`)."""
+
+    def __init__(self, path: str | None = None):
+        self.path = path
+
+    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        self.run = run_dir(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            pl_module.export(self.path or self.run / "ema_unet")

@@ -1,5 +1,8 @@
+import numpy as np
 import pytest
 import torch
+import yaml
+from PIL import Image
 from diffusers import DDPMScheduler, UNet2DModel
 
 from lit_hspace.hspace import HSpaceUNet
@@ -33,3 +36,43 @@ def tiny_model_dir(tmp_path_factory):
     tiny_unet().save_pretrained(path)
     DDPMScheduler().save_pretrained(path)
     return path
+
+
+# -- configs for runs through the CLI on a small model -------------------------------------------
+
+STRENGTHS = [-40.0, 0.0, 40.0]
+
+
+@pytest.fixture
+def face_png(tmp_path):
+    path = tmp_path / "face.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(path)  # not square, not 16 px
+    return path
+
+
+def write_config(tmp_path, model_dir, method, data, regions=("mouth",), name="exp"):
+    config = {
+        "model": {
+            "class_path": "lit_hspace.module.HSpaceEditor",
+            "init_args": {
+                "model": str(model_dir),
+                "method": method,
+                "regions": list(regions),
+                "diffusion": {"timestep": 0.6, "num_steps": 5},
+                "edit": {"strengths": STRENGTHS, "per_group": 2},
+            },
+        },
+        "data": {"class_path": "lit_hspace.data.HSpaceData", "init_args": data},
+        "trainer": {
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path / "runs"), "name": name}},
+            "enable_progress_bar": False,
+        },
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def read_png(path) -> torch.Tensor:
+    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255

@@ -16,46 +16,10 @@ from lit_hspace.directions import DirectionSet
 from lit_hspace.methods import JIVE, Haas
 from lit_hspace.regions import Region
 from lit_hspace.module import HSpaceEditor
-
-STRENGTHS = [-40.0, 0.0, 40.0]
-
-
-@pytest.fixture
-def face_png(tmp_path):
-    path = tmp_path / "face.png"
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(path)  # not square, not 16 px
-    return path
-
-
-def write_config(tmp_path, model_dir, method, data, regions=("mouth",), name="exp"):
-    config = {
-        "model": {
-            "class_path": "lit_hspace.module.HSpaceEditor",
-            "init_args": {
-                "model": str(model_dir),
-                "method": method,
-                "regions": list(regions),
-                "timestep": 0.6,
-                "num_steps": 5,
-                "strengths": STRENGTHS,
-                "edit_directions": 2,
-            },
-        },
-        "data": {"class_path": "lit_hspace.data.HSpaceData", "init_args": data},
-        "trainer": {
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path / "runs"), "name": name}},
-            "enable_progress_bar": False,
-        },
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def read_png(path) -> torch.Tensor:
-    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
-
+from lit_hspace.discovery import discover
+from lit_hspace.figures import FONT_SIZE, PAD
+from lit_hspace.settings import DiffusionSettings, DiscoverySettings, EditSettings
+from conftest import STRENGTHS, read_png, write_config
 
 def test_predict_then_test_reuses_directions_and_writes_a_run(tmp_path, tiny_model_dir, face_png):
     rbe = {"class_path": "lit_hspace.methods.RBE", "init_args": {"k": 3, "n_outside": 2, "max_iter": 4}}
@@ -74,20 +38,27 @@ def test_predict_then_test_reuses_directions_and_writes_a_run(tmp_path, tiny_mod
     assert (run0 / "directions" / "face.safetensors").is_file()  # the earlier run is untouched
 
     grid = Image.open(run1 / "grids" / "face.png")
-    assert grid.size == (4 * 16 + 5 * 2, 2 * 16 + 3 * 2)  # 2 directions x (original + 3 strengths), 2 px padding
+    # 2 directions x (input, reconstruction, 3 strengths), each cell 16 px upscaled 8 times to 128 px.
+    assert grid.size[1] == FONT_SIZE + 2 * PAD + 2 * (128 + PAD) and grid.size[0] > 5 * (128 + PAD)
     with open(run1 / "edits.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * len(STRENGTHS)
-    # Each row's MSE, recomputed from the written PNGs (8-bit, hence the tolerance).
+    # Each row's MSE, recomputed from the written PNGs (8-bit, hence the tolerance), against the reconstruction.
     images = run1 / "images" / "face"
+    reconstruction = read_png(images / "reconstruction.png")
     mask = torch.zeros(1, 16, 16)
     mask[:, 10:14, 5:11] = 1  # celebahq mouth box (0.33, 0.67, 0.67, 0.82) at 16 px
     for row in rows:
         d = int(row["direction"])
         edited = read_png(images / f"d{d:02d}_mouth_a{float(row['strength']):+g}.png")
-        reference = read_png(images / f"d{d:02d}_mouth_a+0.png")
-        inside = ((edited - reference) ** 2 * mask).sum() / (3 * mask.sum())
+        inside = ((edited - reconstruction) ** 2 * mask).sum() / (3 * mask.sum())
         assert abs(float(row["mse_inside"]) - inside.item()) < 2e-4 + 0.02 * inside.item()
+    torch.testing.assert_close(read_png(images / f"d00_mouth_a+0.png"), reconstruction, atol=0, rtol=0)
+    # The input as the model sees it (centre-cropped and resized to 16 px), and the inversion's error logged.
+    original = read_png(images / "input.png")
+    assert original.shape == (3, 16, 16)
+    expected_mae = (original - reconstruction).abs().mean().item()
+    assert json.loads((run1 / "metrics.json").read_text())["test/reconstruction_mae"] == pytest.approx(expected_mae, abs=2 / 255)
     metrics = json.loads((run1 / "metrics.json").read_text())
     edited_rows = [r for r in rows if float(r["strength"]) != 0]
     for part in ("whole", "inside", "outside"):
@@ -110,14 +81,14 @@ def test_jive_in_test_discovers_and_stores_per_region_directions(tmp_path, tiny_
 
 
 def test_print_config_of_the_shipped_configs(capsys):
-    configs = sorted(set(Path("configs").rglob("*.yaml")) - {Path("configs/synth/train.yaml")})
+    configs = sorted(set(Path("configs").rglob("*.yaml")) - {Path("configs/synth/train.yaml")} - set(Path("configs/data").glob("*.yaml")))
     assert len(configs) >= 10
     for config in configs:
         with pytest.raises(SystemExit) as exit_info:
             main(["test", "--config", str(config), "--print_config"])
         assert exit_info.value.code == 0
         printed = yaml.safe_load(capsys.readouterr().out)
-        assert printed["model"]["init_args"]["timestep"] == 0.6
+        assert printed["model"]["init_args"]["diffusion"]["timestep"] == 0.6
 
 
 # -- bad input: a clear error before heavy compute ---------------------------------------------
@@ -175,13 +146,17 @@ def box(name, *coords):
         (lambda: {"regions": [box("out", 0.2, 0.2, 1.3, 0.5)]}, r"box \(0.2, 0.2, 1.3, 0.5\) must be 4 numbers"),
         (lambda: {"regions": [box("flat", 0.2, 0.5, 0.6, 0.5)]}, "zero area"),
         (lambda: {"regions": [box("all", 0, 0, 1, 1)]}, "covers the whole image"),
-        (lambda: {"timestep": 1.5}, "timestep 1.5 is outside the schedule"),
+        (lambda: {"diffusion": DiffusionSettings(timestep=1.5)}, "timestep=1.5 is outside the schedule"),
         (lambda: {"regions": ["eyes", "mouth"], "method": JIVE(k=3, rank_joint=7, rank_individual=2)}, "r_C=7"),
         (lambda: {"regions": ["eyes", "mouth"], "method": JIVE(k=3, rank_joint=2, rank_individual=4)}, "r_A=4"),
         (lambda: {"regions": [box("all", 0, 0, 1, 1)], "method": JIVE(k=3, rank_joint=2, rank_individual=2)}, "needs an outside"),
         (lambda: {"method": Haas(k=5000)}, "k=5000 directions"),
-        (lambda: {"invert_to": "middle"}, "invert_to 'middle' is not one of"),
-        (lambda: {"chunk_size": 0}, "chunk_size=0 must be at least 1"),
+        (lambda: {"diffusion": DiffusionSettings(invert_to="middle")}, "invert_to 'middle' is not one of"),
+        (lambda: {"discovery": DiscoverySettings(chunk_size=0)}, "chunk_size=0 must be at least 1"),
+        (lambda: {"edit": EditSettings(per_group=0)}, "per_group=0 must be at least 1"),
+        (lambda: {"edit": EditSettings(strengths=())}, "strengths is empty"),
+        (lambda: {"edit": EditSettings(injection="both")}, "injection 'both' is not one of"),
+        (lambda: {"metrics": ["mse", "sharpness"]}, r"unknown metrics \['sharpness'\]"),
     ],
 )
 def test_bad_settings(tiny_model_dir, settings, error):
@@ -198,7 +173,7 @@ def test_artifact_for_another_model_is_refused_before_compute(tmp_path, tiny_mod
     rbe = {"class_path": "lit_hspace.methods.RBE", "init_args": {"k": 2, "n_outside": 2}}
     config = write_config(tmp_path, tiny_model_dir, rbe, {"seeds": [0]}, name="refuse")
     with pytest.raises(ValueError, match="made for elsewhere"):
-        main(["test", "--config", str(config), "--model.init_args.directions", str(artifact)])
+        main(["test", "--config", str(config), "--model.init_args.discovery.directions", str(artifact)])
     assert not list((tmp_path / "runs" / "refuse").glob("*/edits.csv"))
 
 
@@ -209,9 +184,10 @@ def test_out_of_memory_names_what_to_lower(tiny_model_dir, monkeypatch):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
 
     monkeypatch.setattr(JacobianOperator, "_linearised", too_big)
-    module = HSpaceEditor(model=str(tiny_model_dir), chunk_size=48)
-    with pytest.raises(MemoryError, match=r"lower model.init_args.chunk_size \(now 48\)"):
-        module.discover(torch.zeros(1, 3, 16, 16), "img")
+    module = HSpaceEditor(model=str(tiny_model_dir))
+    key = module.key("img", from_image=False)
+    with pytest.raises(MemoryError, match=r"do not fit in memory on cpu: even one direction per product does not fit"):
+        discover(module.hspace, module.method, module.regions, module.masks, torch.zeros(1, 3, 16, 16), key, chunk_size=48)
 
 
 def test_images_of_another_size_are_resized_with_a_warning_or_refused(tmp_path):

@@ -9,26 +9,25 @@ from safetensors.torch import load_file, save_file
 
 import lit_hspace
 from conftest import tiny_unet
-from lit_hspace.directions import DISCOVERY_KEYS, DirectionSet, find_direction_set
+from lit_hspace.directions import DirectionSet, DiscoveryKey
 from lit_hspace.hspace import HSpaceUNet
+from lit_hspace.layout import RunLayout
+from lit_hspace.store import DirectionStore, made_from_same_latent
+
+
+def make_key(model, **overrides) -> DiscoveryKey:
+    settings = dict(t=500, num_steps=50, latent="seed", method="jive", method_params={"rank_joint": 2, "rank_individual": 1},
+                    regions=[{"name": "eyes"}, {"name": "mouth"}], seed=0, image="img0")
+    return DiscoveryKey.of(model, **(settings | overrides))
+
+
+KEY_SETTINGS = ("t", "num_steps", "latent", "method", "method_params", "regions", "seed", "image")
 
 
 def make_meta(model, **overrides):
-    meta = {
-        "model": model.name,
-        "model_fingerprint": model.fingerprint,
-        "h_shape": list(model.h_shape),
-        "t": 500,
-        "num_steps": 50,
-        "invert_to": "t",
-        "method": "jive",
-        "method_params": {"rank_joint": 2, "rank_individual": 1},
-        "regions": ["eyes", "mouth"],
-        "seed": 0,
-        "image": "img0",
-    }
-    assert set(DISCOVERY_KEYS) <= set(meta)
-    return {**meta, **overrides}
+    """A set's metadata: its key, plus any other entries given (or a key field written over, e.g. h_shape)."""
+    key = make_key(model, **{k: v for k, v in overrides.items() if k in KEY_SETTINGS})
+    return {"model": model.name, **key.to_meta(), **{k: v for k, v in overrides.items() if k not in KEY_SETTINGS}}
 
 
 def make_set(model, rng=0, **meta_overrides):
@@ -114,47 +113,76 @@ def test_load_missing_raises(tmp_path):
 
 @pytest.fixture
 def two_runs(tiny_model, tmp_path):
-    """Run dirs a (seed 0, older) and b (seed 1, newer), each with directions/img0.safetensors."""
+    """Run dirs a (seed 0, older) and b (seed 1, newer), each with directions/img0.safetensors; newest first."""
     runs = []
     for i, name in enumerate(["a", "b"]):
         run = tmp_path / name
         make_set(tiny_model, rng=10 + i, seed=i).save(run / "directions" / "img0.safetensors")
         os.utime(run, (1_000_000 + i * 100, 1_000_000 + i * 100))
         runs.append(run)
-    return runs
+    return RunLayout(tmp_path / "c").siblings()
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_find_returns_matching_set(tiny_model, two_runs, seed):
-    """Of two stored sets differing only in seed, the one matching `wanted` is returned."""
-    found = find_direction_set(two_runs, "img0", make_meta(tiny_model, seed=seed))
-    assert found is not None
-    assert found.meta["seed"] == seed
+def test_store_finds_the_set_with_an_equal_key(tiny_model, two_runs, seed):
+    """Of two stored sets differing only in seed, the one whose key equals the wanted key is returned."""
+    found = DirectionStore(None, tiny_model).find(make_key(tiny_model, seed=seed), two_runs)
+    assert found is not None and found.key == make_key(tiny_model, seed=seed)
     assert torch.equal(found.directions, make_set(tiny_model, rng=10 + seed).directions)
 
 
-def test_find_returns_none_without_match(tiny_model, two_runs):
-    """No stored set matches another seed, another image id, or another method."""
-    assert find_direction_set(two_runs, "img0", make_meta(tiny_model, seed=2)) is None
-    assert find_direction_set(two_runs, "img1", make_meta(tiny_model, seed=0)) is None
-    assert find_direction_set(two_runs, "img0", make_meta(tiny_model, seed=0, method="global")) is None
+@pytest.mark.parametrize(
+    "change",
+    [dict(seed=2), dict(image="img1"), dict(method="haas"), dict(t=499), dict(num_steps=20), dict(latent="fixed_point"),
+     dict(regions=[{"name": "eyes"}, {"name": "nose"}]), dict(regions=[{"name": "mouth", "box": [0, 0, 1, 0.5]}]),
+     dict(method_params={"rank_joint": 2, "rank_individual": 2})],
+)
+def test_store_misses_when_any_key_field_differs(tiny_model, two_runs, change):
+    """Another seed, image, method, timestep, schedule, inversion, region (its name or its mask) or parameter: no hit."""
+    assert DirectionStore(None, tiny_model).find(make_key(tiny_model, **change), two_runs) is None
 
 
-def test_find_prefers_newest_run(tiny_model, tmp_path):
+def test_store_misses_for_other_weights(tiny_model, two_runs):
+    other = HSpaceUNet(tiny_unet(seed=1), DDPMScheduler().config, "other")
+    assert DirectionStore(None, tiny_model).find(make_key(other), two_runs) is None
+
+
+def test_store_prefers_the_newest_run(tiny_model, tmp_path):
     """When two runs both match, the set from the run dir modified last is returned."""
-    runs = []
     for i, (name, mtime) in enumerate([("old", 2_000_000), ("new", 3_000_000), ("mid", 2_500_000)]):
         run = tmp_path / name
         make_set(tiny_model, rng=20 + i).save(run / "directions" / "img0.safetensors")
         os.utime(run, (mtime, mtime))
-        runs.append(run)
-    found = find_direction_set(runs, "img0", make_meta(tiny_model))
+    found = DirectionStore(None, tiny_model).find(make_key(tiny_model), RunLayout(tmp_path / "this").siblings())
     assert torch.equal(found.directions, make_set(tiny_model, rng=21).directions)
 
 
-def test_matches_ignores_non_discovery_keys_and_json_normalises(tiny_model):
-    """matches compares only DISCOVERY_KEYS, after JSON round trip (tuple h_shape equals list)."""
-    ds = make_set(tiny_model, note="anything")
-    assert ds.matches(make_meta(tiny_model, h_shape=tuple(tiny_model.h_shape), note="else"))
-    assert not ds.matches(make_meta(tiny_model, t=499))
-    assert not ds.matches(make_meta(tiny_model, invert_to="T"))  # another x_t for an input image
+def test_key_round_trips_through_the_artifact(tiny_model, tmp_path):
+    """The key survives save and load (tuples come back as lists in JSON); a set without one has no key."""
+    path = make_set(tiny_model, note="anything").save(tmp_path / "img0.safetensors")
+    assert DirectionSet.load(path).key == make_key(tiny_model)
+    bare = DirectionSet(torch.zeros(1, 2), torch.ones(1), ["mouth"], torch.zeros(1, 3, 4, 4), {"image": "img0"})
+    assert bare.key is None
+
+
+def test_stored_x_t_is_reused_only_for_the_same_image_latent_and_schedule(tiny_model):
+    dset = make_set(tiny_model)
+    assert made_from_same_latent(dset, make_key(tiny_model, method="rbe"))  # another method, same x_t
+    for change in (dict(image="img1"), dict(latent="fixed_point"), dict(t=400), dict(num_steps=20)):
+        assert not made_from_same_latent(dset, make_key(tiny_model, **change))
+
+
+def test_given_sets_one_for_all_or_per_image(tiny_model, tmp_path):
+    one = make_set(tiny_model, rng=1).save(tmp_path / "one.safetensors")
+    store = DirectionStore(str(one), tiny_model)
+    assert torch.equal(store.find(make_key(tiny_model, image="anything"), []).directions, make_set(tiny_model, rng=1).directions)
+    folder = tmp_path / "sets"
+    make_set(tiny_model, rng=2).save(folder / "img0.safetensors")
+    store = DirectionStore(str(folder), tiny_model)
+    assert torch.equal(store.find(make_key(tiny_model), []).directions, make_set(tiny_model, rng=2).directions)
+    assert store.find(make_key(tiny_model, image="img9"), []) is None
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no .safetensors files"):
+        DirectionStore(str(tmp_path / "empty"), tiny_model)
+    with pytest.raises(ValueError, match="no direction named 'smile'"):
+        DirectionStore(str(one), tiny_model, names=("smile",))

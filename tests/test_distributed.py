@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from test_cli import write_config
+from conftest import write_config
 
 RBE = {"class_path": "lit_hspace.methods.RBE", "init_args": {"k": 2, "n_outside": 2, "max_iter": 4}}
 

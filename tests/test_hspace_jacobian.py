@@ -1,9 +1,17 @@
 """The h-space split and the Jacobian subspace iteration, against an explicitly computed Jacobian."""
 
+import logging
+
 import pytest
 import torch
 
-from lit_hspace.jacobian import JacobianOperator, deflated_power_iteration, principal_angle_sine, subspace_iteration
+from lit_hspace.jacobian import (
+    JacobianOperator,
+    auto_chunk_rows,
+    deflated_power_iteration,
+    principal_angle_sine,
+    subspace_iteration,
+)
 from lit_hspace.regions import Region
 
 
@@ -110,3 +118,65 @@ def test_oversampling_converges_in_fewer_iterations_to_the_same_subspace(tiny_mo
         assert principal_angle_sine(result.vectors[0].T, vh[:k].T).item() < 1e-2
     # Measured: 47 iterations without oversampling, 24 with k extra vectors.
     assert runs[k].iterations < 0.6 * runs[0].iterations, {p: r.iterations for p, r in runs.items()}
+
+
+def test_out_of_memory_halves_the_chunk_and_retries(tiny_model, encoded, explicit_jacobian, monkeypatch, caplog):
+    """A linearisation of more than 2 rows fails as a full GPU would: the chunk halves (logged) until it fits,
+    and the products equal the explicit Jacobian's."""
+    linearised = JacobianOperator._linearised
+
+    def small_memory(self, batch):
+        if batch > 2:
+            raise torch.OutOfMemoryError(f"simulated: no memory for {batch} rows")
+        return linearised(self, batch)
+
+    monkeypatch.setattr(JacobianOperator, "_linearised", small_memory)
+    jac = JacobianOperator.of_decoder(tiny_model, encoded, chunk_size=8)
+    v = torch.randn(8, *tiny_model.h_shape)
+    with caplog.at_level(logging.WARNING, logger="lit_hspace"):
+        product = jac.jvp(v)
+    torch.testing.assert_close(product.flatten(1), v.flatten(1) @ explicit_jacobian.T, atol=1e-5, rtol=1e-4)
+    assert jac.chunk_size == 2 and jac.products == 8
+    assert [r.getMessage() for r in caplog.records] == [
+        "out of memory at 8 rows per Jacobian product; retrying at 4",
+        "out of memory at 4 rows per Jacobian product; retrying at 2",
+    ]
+    # One row that does not fit stops the run.
+    monkeypatch.setattr(JacobianOperator, "_linearised", lambda self, batch: (_ for _ in ()).throw(torch.OutOfMemoryError("full")))
+    with pytest.raises(torch.OutOfMemoryError):
+        JacobianOperator.of_decoder(tiny_model, encoded, chunk_size=1).jvp(v)
+
+
+def test_auto_chunk_rows_arithmetic():
+    gb = 2**30
+    assert auto_chunk_rows(40 * gb, int(3.2 * gb)) == 10  # 80 % of 40 GB at 3.2 GB a row
+    assert auto_chunk_rows(24 * gb, int(3.2 * gb)) == 6
+    assert auto_chunk_rows(2 * gb, int(3.2 * gb)) == 1  # never below one row
+    assert auto_chunk_rows(10 * gb, gb, headroom=1.0) == 10
+    with pytest.raises(ValueError, match="headroom=0"):
+        auto_chunk_rows(gb, gb, headroom=0)
+
+
+def test_chunk_measured_from_gpu_memory(tiny_model, encoded, monkeypatch):
+    """Without an explicit chunk_size on a GPU, the first product measures one row and sizes the chunk from
+    the free memory (the CUDA queries replaced by given numbers, so that it runs on a CPU)."""
+    mb = 2**20
+    allocated = iter([100 * mb, 100 * mb])  # before the measurement, then after it (for the cache)
+    fake = dict(
+        synchronize=lambda device: None, reset_peak_memory_stats=lambda device: None,
+        memory_allocated=lambda device: next(allocated), max_memory_allocated=lambda device: 400 * mb,
+        mem_get_info=lambda device: (2900 * mb, 8000 * mb), memory_reserved=lambda device: 200 * mb,
+    )
+    for name, fn in fake.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    jac = JacobianOperator.of_decoder(tiny_model, encoded)
+    jac._measure = True  # as on a GPU without an explicit chunk_size
+    jac.jvp(torch.randn(3, *tiny_model.h_shape))
+    assert jac.chunk_size == auto_chunk_rows((2900 + 100) * mb, 300 * mb) == 8
+
+
+def test_explicit_chunk_size_wins_and_must_be_positive(tiny_model, encoded):
+    assert JacobianOperator.of_decoder(tiny_model, encoded, chunk_size=5).chunk_size == 5
+    assert not JacobianOperator.of_decoder(tiny_model, encoded, chunk_size=5)._measure
+    with pytest.raises(ValueError, match="chunk_size=0"):
+        JacobianOperator.of_decoder(tiny_model, encoded, chunk_size=0)

@@ -1,10 +1,10 @@
-"""The three methods on linear maps with planted structure, where the right answer is known."""
+"""The methods on linear maps with planted structure, where the right answer is known."""
 
 import pytest
 import torch
 
-from lit_hspace.jacobian import JacobianOperator
-from lit_hspace.methods import JIVE, RBE, Haas
+from lit_hspace.jacobian import JacobianOperator, StackedJacobian, principal_angle_sine
+from lit_hspace.methods import JIVE, RBE, Haas, Rayleigh
 from lit_hspace.regions import Region, region_masks
 
 TOP, BOTTOM = Region("top", (0, 0, 1, 0.5)), Region("bottom", (0, 0.5, 1, 1))
@@ -90,3 +90,69 @@ def test_rank_and_region_checks_come_before_compute():
             method.check([whole], region_masks([whole], 4), 16)
     with pytest.raises(ValueError, match="k=20 directions"):
         Haas(k=20).check([TOP], masks[:1], 16)
+
+
+# -- one direction set from several images ---------------------------------------------------------
+
+ALL_METHODS = [
+    Haas(k=2, tol=1e-6, max_iter=100),
+    RBE(k=1, n_outside=1, tol=1e-6, max_iter=100),
+    JIVE(k=3, rank_joint=1, rank_individual=1, tol=1e-6, max_iter=100),
+    Rayleigh(k=1, tol=1e-6, max_iter=100),
+]
+
+
+@pytest.mark.parametrize("method", ALL_METHODS, ids=lambda m: m.name)
+def test_identical_images_give_the_single_image_directions(method):
+    """sum_i J^T M J over N copies is N J^T M J: the same eigenvectors, for every method."""
+    patterns = disjoint_patterns()
+    regions = [TOP, BOTTOM] if method.name == "jive" else [TOP]
+    masks = region_masks(regions, 4)
+    single = method.discover(linear_operator(patterns), regions, masks, torch.Generator().manual_seed(0))
+    stacked = method.discover([linear_operator(patterns) for _ in range(3)], regions, masks, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(stacked.vectors.abs(), single.vectors.abs(), atol=1e-4, rtol=0)
+    assert stacked.labels == single.labels
+
+
+def random_map(seed: int, n: int = 12, side: int = 4) -> tuple[torch.Tensor, JacobianOperator]:
+    matrix = torch.randn(side * side, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    fn = lambda h: (h @ matrix.T).reshape(len(h), 1, side, side)  # noqa: E731
+    return matrix, JacobianOperator(fn, torch.zeros(1, n, dtype=torch.float64))
+
+
+def test_two_images_give_the_eigenvectors_of_the_summed_operator():
+    """Haas on a set of two planted maps: the top eigenvectors of J_1^T M J_1 + J_2^T M J_2 (torch eigh)."""
+    (j1, op1), (j2, op2) = random_map(1), random_map(2)
+    masks = region_masks([TOP], 4).double()
+    weight = masks[0].flatten()[:, None]
+    summed = j1.T @ (weight * j1) + j2.T @ (weight * j2)
+    values, vectors = torch.linalg.eigh(summed)
+    found = Haas(k=3, tol=1e-8, max_iter=200).discover(StackedJacobian([op1, op2]), [TOP], masks, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(found.values, values.flip(0)[:3].sqrt(), rtol=1e-6, atol=0)
+    assert principal_angle_sine(vectors.flip(1)[:, :3], found.vectors.T).item() < 1e-6
+
+
+def test_images_of_different_sizes_in_one_set_are_refused():
+    with pytest.raises(ValueError, match=r"output shapes are \[\(1, 4, 4\), \(1, 8, 8\)\]"):
+        StackedJacobian([random_map(0)[1], random_map(1, side=8)[1]])
+    with pytest.raises(ValueError, match="h-space shapes"):
+        StackedJacobian([random_map(0)[1], random_map(1, n=6)[1]])
+    with pytest.raises(ValueError, match="at least one"):
+        StackedJacobian([])
+
+
+def test_solver_choice_is_recorded_and_checked():
+    assert Haas().params()["solver"] == "lobpcg"
+    assert RBE(solver="subspace").params()["solver"] == "subspace"
+    with pytest.raises(ValueError, match="solver='krylov' is not one of"):
+        JIVE(solver="krylov")
+
+
+@pytest.mark.parametrize("solver", ["lobpcg", "subspace"])
+def test_both_solvers_find_the_planted_directions(solver):
+    patterns = disjoint_patterns()
+    found = Haas(k=2, tol=1e-6, max_iter=100, solver=solver).discover(
+        linear_operator(patterns), [TOP], region_masks([TOP], 4), torch.Generator().manual_seed(0)
+    )
+    torch.testing.assert_close(found.values, torch.tensor([10.0, 6.0]), rtol=1e-4, atol=0)
+    assert found.info["products"] > 0

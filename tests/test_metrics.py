@@ -12,11 +12,12 @@ from scipy import linalg
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-import lit_hspace.module
+import lit_hspace.metrics
 from lit_hspace.cli import main
-from lit_hspace.metrics import LPIPS, IdentitySimilarity, MaskedMSE, PairMetric, inception_fid, masked_mse
+from lit_hspace.editing import EditedDirection, ImageEdits
+from lit_hspace.metrics import LPIPS, EditMetrics, IdentitySimilarity, inception_fid, masked_mse
 from lit_hspace.module import HSpaceEditor
-from test_cli import write_config
+from conftest import write_config
 
 
 def images(n, size=32, seed=0):
@@ -32,15 +33,43 @@ def test_masked_mse_by_hand():
     outside = (diff.sum((1, 2, 3)) - diff[..., 8:16, 4:20].sum((1, 2, 3))) / (3 * (32 * 32 - 8 * 16))
     torch.testing.assert_close(masked_mse(edited, reference, mask, "inside"), inside)
     torch.testing.assert_close(masked_mse(edited, reference, mask, "outside"), outside)
-    metric = MaskedMSE("inside")
-    metric.update(edited[:1], reference, mask)
-    metric.update(edited[1:], reference, mask)
-    assert metric.compute().item() == pytest.approx(inside.mean().item(), rel=1e-6)
-    precomputed = MaskedMSE("inside")  # scores a run computed for its rows already
-    precomputed.update(scores=inside)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # torchmetrics warns when compute() sees no update()
-        assert precomputed.compute().item() == pytest.approx(inside.mean().item(), rel=1e-6)
+
+
+def test_edit_metrics_score_every_edit_and_average_the_moved_ones():
+    """Per-edit scores of 2 directions x 3 strengths against the reconstruction, and means over the non-zero
+    strengths accumulated over two images, each recomputed by hand."""
+    metrics = EditMetrics(["mse"], 32, ["mouth"])
+    mask = torch.zeros(1, 32, 32)
+    mask[:, 8:16, 4:20] = 1
+    directions = [EditedDirection(0, "mouth", "", mask), EditedDirection(3, "mouth", "", torch.ones(1, 32, 32))]
+    expected_inside, shares = [], []
+    for seed in (0, 1):
+        reconstruction = images(1, seed=10 + seed)[0] * 2 - 1
+        edits = images(6, seed=seed).reshape(2, 3, 3, 32, 32) * 2 - 1
+        edits[:, 1] = reconstruction  # strength 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            scores = metrics(ImageEdits(f"img{seed}", None, reconstruction, directions, (-1.0, 0.0, 1.0), edits))
+        diff = ((edits + 1) / 2 - (reconstruction + 1) / 2).square()
+        inside = torch.stack([(diff[d] * directions[d].mask).flatten(1).sum(1) / (3 * directions[d].mask.sum()) for d in range(2)])
+        torch.testing.assert_close(scores.mse["inside"], inside)
+        assert scores.mse["inside"][:, 1].abs().max() == 0  # strength 0 is the reconstruction
+        moved = diff[:, [0, 2]]
+        share = (moved * torch.stack([d.mask for d in directions])[:, None]).flatten(1).sum(1) / moved.flatten(1).sum(1)
+        torch.testing.assert_close(scores.inside_share, share)
+        expected_inside.append(inside[:, [0, 2]])
+        assert scores.reconstruction_mae is None  # seeds: no input to compare with
+    means = {k: v.item() for k, v in metrics.means.compute().items()}
+    assert means["test/mse_inside"] == pytest.approx(torch.cat(expected_inside).mean().item(), rel=1e-5)
+    assert set(means) == {"test/mse_whole", "test/mse_inside", "test/mse_outside"}
+
+
+def test_reconstruction_error_of_input_images():
+    metrics = EditMetrics([], 8, ["mouth"])
+    reconstruction, image = torch.zeros(3, 8, 8), torch.full((3, 8, 8), 0.5)  # 0.25 apart in [0, 1]
+    edits = ImageEdits("img", image, reconstruction, [EditedDirection(0, "mouth", "", torch.ones(1, 8, 8))], (0.0,), reconstruction[None, None])
+    assert metrics(edits).reconstruction_mae == pytest.approx(0.25)
+    assert metrics.reconstruction_mae.compute().item() == pytest.approx(0.25)
 
 
 def lpips_by_hand(net, x, y):
@@ -61,10 +90,8 @@ def test_lpips_equals_its_formula():
     metric = LPIPS(pretrained_backbone=False)  # random AlexNet, the package's linear heads
     edited, reference = images(3), images(1, seed=1)
     expected = lpips_by_hand(metric.net, 2 * edited - 1, (2 * reference - 1).expand(3, -1, -1, -1))
-    torch.testing.assert_close(metric.score(edited, reference), expected, rtol=1e-4, atol=1e-6)
-    metric.update(edited, reference)
-    assert metric.compute().item() == pytest.approx(expected.mean().item(), rel=1e-4)
-    assert metric.score(reference, reference).abs().max() < 1e-6
+    torch.testing.assert_close(metric(edited, reference), expected, rtol=1e-4, atol=1e-6)
+    assert metric(reference, reference).abs().max() < 1e-6
 
 
 @pytest.fixture(scope="module")
@@ -91,21 +118,8 @@ def test_identity_similarity_equals_cosine_of_direct_embeddings(tiny_arcface):
 
     e, r = embed(edited), embed(reference)
     expected = (e @ r.T).flatten() / (e.norm(dim=1) * r.norm())
-    torch.testing.assert_close(metric.score(edited, reference), expected, rtol=1e-4, atol=1e-5)
-    assert metric.score(reference, reference).item() == pytest.approx(1.0, abs=1e-5)
-
-
-def test_pair_metric_mean_over_batches():
-    class Brightness(PairMetric):
-        def score(self, edited, reference):
-            return (edited - reference).flatten(1).mean(1)
-
-    metric = Brightness()
-    a, b, r = images(2), images(3, seed=2), images(1, seed=1)
-    metric.update(a, r)
-    metric.update(b, r)
-    expected = (torch.cat([a, b]) - r).flatten(1).mean(1).mean()
-    assert metric.compute().item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(metric(edited, reference), expected, rtol=1e-4, atol=1e-5)
+    assert metric(reference, reference).item() == pytest.approx(1.0, abs=1e-5)
 
 
 # -- missing weights: the file, where it goes, how to get it; before any compute ----------------------
@@ -153,7 +167,7 @@ def frechet(real, fake):
 def test_fid_of_a_run_compares_edits_with_originals(monkeypatch, tmp_path, tiny_model_dir):
     """The run's FID (here on a small feature module) equals the Frechet distance between the features of its
     originals and of its edits with a non-zero strength, recomputed from the written PNGs."""
-    monkeypatch.setattr(lit_hspace.module, "inception_fid", lambda: FrechetInceptionDistance(feature=MeanColour(), normalize=True))
+    monkeypatch.setattr(lit_hspace.metrics, "inception_fid", lambda: FrechetInceptionDistance(feature=MeanColour(), normalize=True))
     rbe = {"class_path": "lit_hspace.methods.RBE", "init_args": {"k": 2, "n_outside": 2, "max_iter": 3}}
     config = write_config(tmp_path, tiny_model_dir, rbe, {"seeds": [0, 1, 2]}, name="fid")
     cli = main(["test", "--config", str(config), "--model.init_args.metrics=[mse, fid]"])
@@ -166,7 +180,7 @@ def test_fid_of_a_run_compares_edits_with_originals(monkeypatch, tmp_path, tiny_
     real, fake = [], []
     for seed in range(3):
         folder = f"{run}/images/seed{seed:06d}"
-        real.append(png(f"{folder}/d00_mouth_a+0.png"))  # seeds: the original is the unedited sample
+        real.append(png(f"{folder}/reconstruction.png"))  # seeds: the original is the unedited sample
         fake += [png(f"{folder}/d{d:02d}_mouth_a{a:+g}.png") for d in range(2) for a in (-40.0, 40.0)]
     fid = json.load(open(f"{run}/metrics.json"))["test/fid"]
     assert fid == pytest.approx(frechet(torch.cat(real), torch.cat(fake)), rel=0.02, abs=1e-4)

@@ -10,8 +10,11 @@ from safetensors.torch import load_file
 
 from lit_hspace.cli import main
 from lit_hspace.directions import DirectionSet, main as directions_cli, name_directions
-from lit_hspace.module import HSpaceEditor, factor_names
-from test_cli import STRENGTHS, write_config
+from lit_hspace.ddim import Edit
+from lit_hspace.module import HSpaceEditor
+from lit_hspace.settings import EditSettings
+from lit_hspace.synth.naming import factor_names
+from conftest import STRENGTHS, write_config
 from test_directions import make_set
 
 RBE = {"class_path": "lit_hspace.methods.RBE", "init_args": {"k": 3, "n_outside": 2, "max_iter": 4}}
@@ -55,19 +58,18 @@ def test_unknown_name_lists_the_names_it_has(tiny_model):
 
 
 def test_factor_names_pick_the_factor_moved_most():
-    rows = [
-        dict(direction=0, strength=-1.0, d_smile=-0.4, d_eye_open=0.1),
-        dict(direction=0, strength=0.0, d_smile=0.0, d_eye_open=0.0),
-        dict(direction=0, strength=1.0, d_smile=0.5, d_eye_open=-0.1),
-        dict(direction=1, strength=1.0, d_smile=0.3, d_eye_open=0.2),  # smile again: gets its index
-        dict(direction=2, strength=1.0, d_smile=0.01, d_eye_open=0.2),
-    ]
-    assert factor_names(rows) == {0: "smile", 1: "smile_1", 2: "eye_open"}
+    # (directions, strengths -1, 0, 1, factors smile and eye_open): the strength-0 column must not count.
+    changes = torch.tensor([
+        [[-0.4, 0.1], [0.0, 0.9], [0.5, -0.1]],
+        [[0.3, 0.2], [0.0, 0.0], [0.3, 0.2]],  # smile again: gets its index
+        [[0.01, 0.2], [0.0, 0.0], [0.01, -0.2]],
+    ])
+    assert factor_names(changes, (-1.0, 0.0, 1.0), [0, 1, 2], ["smile", "eye_open"]) == {0: "smile", 1: "smile_1", 2: "eye_open"}
 
 
 def test_edit_names_needs_a_direction_set(tiny_model_dir):
-    with pytest.raises(ValueError, match="edit_names picks named directions of given direction sets"):
-        HSpaceEditor(model=str(tiny_model_dir), edit_names=["smile"])
+    with pytest.raises(ValueError, match="edit.names picks named directions of given direction sets"):
+        HSpaceEditor(model=str(tiny_model_dir), edit=EditSettings(names=("smile",)))
 
 
 def test_one_set_applied_to_other_images_by_name(tmp_path, tiny_model_dir):
@@ -81,9 +83,9 @@ def test_one_set_applied_to_other_images_by_name(tmp_path, tiny_model_dir):
 
     transfer = write_config(tmp_path, tiny_model_dir, RBE, {"seeds": [0, 1]}, name="transfer")
     with pytest.raises(ValueError, match="no direction named 'frown'"):
-        main(["test", "--config", str(transfer), "--model.init_args.directions", str(artifact), "--model.init_args.edit_names=[frown]"])
+        main(["test", "--config", str(transfer), "--model.init_args.discovery.directions", str(artifact), "--model.init_args.edit.names=[frown]"])
     assert not list((tmp_path / "runs" / "transfer").glob("*/edits.csv"))
-    cli = main(["test", "--config", str(transfer), "--model.init_args.directions", str(artifact), "--model.init_args.edit_names=[smile]"])
+    cli = main(["test", "--config", str(transfer), "--model.init_args.discovery.directions", str(artifact), "--model.init_args.edit.names=[smile]"])
     run = cli.trainer.log_dir
     with open(f"{run}/edits.csv") as f:
         rows = list(csv.DictReader(f))
@@ -94,6 +96,6 @@ def test_one_set_applied_to_other_images_by_name(tmp_path, tiny_model_dir):
     module = cli.model
     x_T = torch.randn(module.hspace.image_shape, generator=torch.Generator().manual_seed(0))[None]
     x_t = module.ddim.sample(x_T, stop=module.t)
-    by_hand = module.edit(x_t, direction[None])[0, -1]
+    by_hand = module.ddim.sample(x_t, start=module.t, edit=Edit(STRENGTHS[-1] * direction[None], module.t))[0]
     written = np.array(Image.open(f"{run}/images/seed000000/d01_mouth_a{STRENGTHS[-1]:+g}.png")).astype(np.float32) / 255
     assert np.abs(written - ((by_hand.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()).max() < 1 / 255 + 1e-4

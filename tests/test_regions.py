@@ -138,3 +138,25 @@ def test_duplicate_names_raise():
     """Two regions with the same name are refused, listing the names."""
     with pytest.raises(ValueError, match=re.escape("distinct, got ['eyes', 'mouth', 'eyes']")):
         resolve_regions(["eyes", "mouth", Region("eyes", (0.1, 0.1, 0.2, 0.2))], "celebahq")
+
+
+def test_auto_region_resolves_without_a_box():
+    """An automatic region keeps its name and needs neither box nor preset."""
+    assert resolve_regions([Region("mouth", auto=True)], None) == [Region("mouth", auto=True)]
+
+
+def test_auto_region_with_box_or_mask_raises(tmp_path):
+    with pytest.raises(ValueError, match=r"region 'mouth': auto: true finds the mask per image; it takes no box"):
+        resolve_regions([Region("mouth", (0.1, 0.1, 0.5, 0.5), auto=True)], None)
+    with pytest.raises(ValueError, match=r"it takes no mask 'm.png'"):
+        resolve_regions([Region("mouth", mask="m.png", auto=True)], None)
+
+
+def test_auto_region_needs_a_name():
+    with pytest.raises(ValueError, match="a region needs a non-empty name, got ''"):
+        resolve_regions([Region("", auto=True)], None)
+
+
+def test_auto_region_has_no_fixed_mask():
+    with pytest.raises(ValueError, match=r"region 'mouth' is automatic: .*lit_hspace\.segment\.auto_regions"):
+        Region("mouth", auto=True).to_mask(16)

@@ -4,12 +4,14 @@ import json
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from lit_hspace import report
+from lit_hspace.composition import compose
 from lit_hspace.cli import main
-from test_cli import STRENGTHS, write_config
+from lit_hspace.figures import FONT_SIZE, PAD
+from lit_hspace.layout import RunLayout, RunManifest
+from conftest import STRENGTHS, write_config
 
 HAAS = {"class_path": "lit_hspace.methods.Haas", "init_args": {"k": 2, "max_iter": 3}}
 RBE = {"class_path": "lit_hspace.methods.RBE", "init_args": {"k": 2, "n_outside": 2, "max_iter": 3}}
@@ -39,8 +41,23 @@ def test_method_table_and_figures(method_runs, tmp_path):
         assert float(row[3]) == pytest.approx(run.metrics["test/mse_outside"], rel=1e-3)
     assert [row[0] for row in body] == ["haas", "rbe"]
     page = (out / "index.html").read_text()
-    assert "<td>haas</td>" in page and "mse_vs_strength.png" in page and "strength_row.png" in page
-    assert Image.open(out / "mse_vs_strength.png").size[0] > 100
+    assert "<td>haas</td>" in page and "mse_vs_strength.png" in page and "strength_row.png" in page and "outside_vs_inside.png" in page
+
+
+def test_matched_table_interpolates_outside_at_common_inside_levels(method_runs):
+    """Each method's MSE outside at a common MSE inside, interpolated on its own (inside, outside) curve over
+    |a|; the levels are fractions of the largest inside change that every method reaches."""
+    runs = report.load_runs([method_runs])
+    curves = report.outside_against_inside(runs)
+    head, body = report.matched_table(runs, fractions=(0.5, 1.0))
+    reach = min(inside.max() for inside, _ in curves.values())
+    assert head[1] == f"MSE outside at MSE inside {0.5 * reach:.4g}"
+    for label, half, full in body:
+        inside, outside = curves[label]
+        # By hand: |a| = 0 and 40 give two points; the line through them at half the common reach.
+        (i0, i1), (o0, o1) = inside, outside
+        for level, shown in ((0.5 * reach, half), (reach, full)):
+            assert float(shown) == pytest.approx(o0 + (o1 - o0) * (level - i0) / (i1 - i0), rel=1e-3)
 
 
 def test_direction_table_is_mean_and_spread_over_images(method_runs):
@@ -67,8 +84,8 @@ def test_direction_table_counts_images_where_a_named_direction_moves_its_factor_
 
     rows = [row("a", 50, 0.4, 0.1), row("a", -50, -0.3, 0.1), row("a", 0, 0, 0),  # a: smile moves most
             row("b", 50, 0.1, 0.3), row("b", -50, -0.2, -0.4)]  # b: mouth_open does (|-0.2| + 0.1 < 0.3 + 0.4)
-    init = {"method": {"class_path": "lit_hspace.methods.JIVE"}, "directions": "reference.safetensors"}
-    run = report.Run(tmp_path, {"model": {"init_args": init}}, {}, rows)
+    manifest = RunManifest("test", "m", "f", "jive", {}, [], 0.6, 600, 50, {"source": "seeds"}, {}, "reference.safetensors")
+    run = report.Run(RunLayout(tmp_path), manifest, rows, label="jive")
     head, body = report.direction_table([run])
     assert head[-1] == "moves its named factor most"
     assert body == [["jive", "smile", "2", "0.5 ± 0", "1/2"]]
@@ -79,16 +96,25 @@ def test_rank_grid(tmp_path, tiny_model_dir):
         main(["test", "--config", str(write_config(tmp_path, tiny_model_dir, jive(r_c, r_a), {"seeds": [0]}, regions=("eyes", "mouth"), name=f"j{r_c}{r_a}"))])
     out = tmp_path / "report"
     report.main([str(tmp_path / "runs"), "--out", str(out)])
-    assert (out / "rank_grid.png").is_file()
     assert "Rank grid" in (out / "index.html").read_text()
+    # Cell (r_C, r_A) of the grid is that run's edit, upscaled 8 times (16 px to 128 px).
+    runs = {r.ranks: r for r in report.load_runs([tmp_path / "runs"])}
+    grid = np.asarray(Image.open(out / "rank_grid.png").convert("RGB"), dtype=np.int16)
+    left = grid.shape[1] - 2 * (128 + PAD)  # two columns after the row labels
+    for i, r_c in enumerate((1, 2)):
+        for j, r_a in enumerate((1, 2)):
+            cell = np.asarray(runs[(r_c, r_a)].edit_image()[0], dtype=np.int16).repeat(8, 0).repeat(8, 1)
+            y, x = FONT_SIZE + 2 * PAD + i * (128 + PAD), left + j * (128 + PAD)
+            assert np.array_equal(grid[y : y + 128, x : x + 128], cell), (r_c, r_a)
 
 
 def test_composition_of_one_direction_is_its_edit(method_runs):
     """Cell (a, 1) of the composition grid is the run's own edit along its first direction at strength a."""
     (run,) = [r for r in report.load_runs([method_runs]) if r.method == "rbe"]
-    cells = report.compose(run, [STRENGTHS[-1]], 2)
+    cells, captions = compose(run, [STRENGTHS[-1]], 2)
+    assert captions == ["mouth 0", "mouth 1"]  # one region: its first directions
     assert set(cells) == {(STRENGTHS[-1], 1), (STRENGTHS[-1], 2)}
-    written = np.asarray(Image.open(run.path / "images" / "seed000000" / f"d00_mouth_a{STRENGTHS[-1]:+g}.png"), dtype=np.float32) / 255
+    written = np.asarray(Image.open(run.layout.edit_image("seed000000", 0, "mouth", STRENGTHS[-1])), dtype=np.float32) / 255
     assert np.abs(cells[(STRENGTHS[-1], 1)] - written).max() <= 1 / 255 + 1e-4
     assert np.abs(cells[(STRENGTHS[-1], 2)] - written).max() > 1e-3  # two directions differ from one
 
@@ -96,12 +122,10 @@ def test_composition_of_one_direction_is_its_edit(method_runs):
 def test_runs_of_different_models_are_refused(method_runs, tmp_path):
     other = tmp_path / "other"
     (run,) = [r for r in report.load_runs([method_runs]) if r.method == "haas"]
-    config = yaml.safe_load((run.path / "config.yaml").read_text())
-    config["model"]["init_args"]["model"] = "elsewhere"
-    other.mkdir()
-    (other / "config.yaml").write_text(yaml.safe_dump(config))
-    for name in ("edits.csv", "metrics.json"):
-        (other / name).write_bytes((run.path / name).read_bytes())
+    manifest = run.manifest
+    manifest.model = "elsewhere"
+    manifest.write(RunLayout(other))
+    (other / "edits.csv").write_bytes((run.path / "edits.csv").read_bytes())
     with pytest.raises(ValueError, match=r"different models \(.*: 2 runs; elsewhere: 1 runs\)"):
         report.load_runs([method_runs, other])
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from lit_hspace import sweep
-from test_cli import write_config
+from conftest import write_config
 
 SWEEPS = sorted(Path("sweeps").glob("*.yaml"))
 
@@ -20,7 +20,7 @@ def test_shipped_sweeps_parse_with_the_cli(path):
     spec = sweep.load_sweep(path)
     runs = sweep.expand(spec)
     sweep.check(spec, runs)
-    sizes = {"timestep": 5, "ranks": 12, "strength": 9, "method": 3}
+    sizes = {"timestep": 5, "ranks": 12, "strength": 9, "method": 4}
     assert len(runs) == sizes[path.stem]
 
 
@@ -28,11 +28,11 @@ def test_expansion_puts_the_config_first_and_writes_lists_as_json():
     spec = {
         "method": "grid",
         "command": ["${env}", "python", "-m", "lit_hspace", "test", "${args}"],
-        "parameters": {"model.init_args.strengths": {"values": [[-20, 20]]}, "config": {"values": ["a.yaml", "b.yaml"]}},
+        "parameters": {"model.init_args.edit.strengths": {"values": [[-20, 20]]}, "config": {"values": ["a.yaml", "b.yaml"]}},
     }
     assert sweep.expand(spec) == [
-        ["test", "--config", "a.yaml", "--model.init_args.strengths=[-20, 20]"],
-        ["test", "--config", "b.yaml", "--model.init_args.strengths=[-20, 20]"],
+        ["test", "--config", "a.yaml", "--model.init_args.edit.strengths=[-20, 20]"],
+        ["test", "--config", "b.yaml", "--model.init_args.edit.strengths=[-20, 20]"],
     ]
 
 
@@ -42,7 +42,7 @@ def test_unknown_key_stops_the_sweep_before_any_run(tmp_path, tiny_model_dir, mo
     path.write_text(yaml.safe_dump({
         "method": "grid",
         "command": ["${env}", "python", "-m", "lit_hspace", "test", "--config", str(config), "${args}"],
-        "parameters": {"model.init_args.timestep": {"values": [0.4]}, "model.init_args.timestamp": {"values": [0.2]}},
+        "parameters": {"model.init_args.diffusion.timestep": {"values": [0.4]}, "model.init_args.timestamp": {"values": [0.2]}},
     }))
     with pytest.raises(ValueError, match=r"sweep key 'model.init_args.timestamp' is not accepted by the CLI \(Option 'timestamp'"):
         sweep.main([str(path)])
@@ -63,11 +63,11 @@ def test_local_sweep_runs_every_point(tmp_path, tiny_model_dir):
     path.write_text(yaml.safe_dump({
         "method": "grid",
         "command": ["${env}", "python", "-m", "lit_hspace", "test", "--config", str(config), "${args}"],
-        "parameters": {"model.init_args.timestep": {"values": [0.4, 0.8]}},
+        "parameters": {"model.init_args.diffusion.timestep": {"values": [0.4, 0.8]}},
     }))
     sweep.main([str(path)])
     runs = sorted((tmp_path / "runs" / "ablation").glob("version_*"))
     assert len(runs) == 2
-    timesteps = [yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["timestep"] for run in runs]
+    timesteps = [yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["diffusion"]["timestep"] for run in runs]
     assert timesteps == [0.4, 0.8]
     assert all((run / "metrics.json").is_file() for run in runs)

@@ -15,6 +15,7 @@ from lit_hspace.data import HSpaceData
 from lit_hspace.hspace import HSpaceUNet
 from lit_hspace.metrics import FactorChange
 from lit_hspace.module import HSpaceEditor
+from lit_hspace.settings import EditSettings
 from lit_hspace.synth.faces import FACTOR_NAMES, FACTORS, render, sample_factors
 from lit_hspace.synth.probe import FactorProbe, ProbeFeatures, held_out_error, normalise_factors, synth_batch
 
@@ -58,12 +59,13 @@ def test_factor_change_of_a_rendered_local_edit(probe):
         factors = sample_factors(np.random.default_rng(seed))
         factors["smile"], edited = -0.5, dict(factors, smile=0.5)  # half the smile's range [-1, 1]
         ref_img, edit_img = to_tensor(render(factors, 32)), to_tensor(render(edited, 32))
-        out = change.changes(edit_img, ref_img, "mouth")
-        assert out["d_smile"].item() == pytest.approx(0.5, abs=0.1)
-        assert out["factor_target"].item() == pytest.approx(abs(out["d_smile"].item()))
-        assert out["factor_off_target"].item() < 0.015
+        out = change(edit_img, ref_img, ["mouth"])
+        smile = out.changes[0, FACTOR_NAMES.index("smile")].item()
+        assert smile == pytest.approx(0.5, abs=0.1)
+        assert out.target.item() == pytest.approx(abs(smile))
+        assert out.off_target.item() < 0.015
         # Labelled "eyes", the same edit is all off-target.
-        assert change.changes(edit_img, ref_img, "eyes")["factor_target"].item() < 0.05
+        assert change(edit_img, ref_img, ["eyes"]).target.item() < 0.05
 
 
 def test_probe_fid_equals_the_frechet_distance_of_its_features(probe):
@@ -112,7 +114,7 @@ def test_probe_that_does_not_match_the_model_resolution(tiny_model_dir, probe):
     [
         ({"metrics": ["mse", "fidelity"]}, r"unknown metrics \['fidelity'\]: choose from"),
         ({"metrics": ["factors"], "regions": [{"name": "chin", "box": (0.4, 0.8, 0.6, 0.95)}]}, r"regions that have factors .*got \['chin'\]"),
-        ({"regions": ["eyes", "mouth"], "edit_regions": ["nose"]}, r"edit_regions \['nose'\] are not among the regions"),
+        ({"regions": ["eyes", "mouth"], "edit": EditSettings(regions=("nose",))}, r"edit.regions \['nose'\] are not among the regions"),
     ],
 )
 def test_bad_metric_and_region_settings(tiny_model_dir, settings, error):
@@ -138,20 +140,27 @@ def test_more_images_asked_for_than_exist(tmp_path):
 # -- end to end --------------------------------------------------------------------------------
 
 
-def test_synth_run_writes_factor_changes_that_match_its_images(tmp_path, probe):
-    """A short RBE run on synth-faces: every edits.csv factor change is the probe's reading of the written PNGs."""
+def short_synth_run(tmp_path, name: str, data: dict, strengths: list[float], per_group: int, k: int):
+    """configs/synth/rbe_mouth.yaml made short (10 steps, k directions) on `data`; returns the config file."""
     config = yaml.safe_load(open("configs/synth/rbe_mouth.yaml"))
     args = config["model"]["init_args"]
-    args.update(num_steps=10, strengths=[-30.0, 0.0, 30.0], edit_directions=2)
-    args["method"]["init_args"].update(k=2, n_outside=2, max_iter=3)
-    config["data"]["init_args"] = {"seeds": 1}
+    args["diffusion"].update(num_steps=10)
+    args["edit"].update(strengths=strengths, per_group=per_group)
+    args["method"]["init_args"].update(k=k, n_outside=k, max_iter=3)
+    config["data"] = data
     config["trainer"] = {
-        "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path), "name": "synth"}},
+        "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path), "name": name}},
         "enable_progress_bar": False,
     }
-    path = tmp_path / "synth.yaml"
+    path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
-    main(["test", "--config", str(path)])
+    return path
+
+
+def test_synth_run_writes_factor_changes_that_match_its_images(tmp_path, probe):
+    """A short RBE run on synth-faces: every edits.csv factor change is the probe's reading of the written PNGs."""
+    main(["test", "--config", str(short_synth_run(tmp_path, "synth", {"class_path": "lit_hspace.data.HSpaceData", "init_args": {"seeds": 1}},
+                                                   strengths=[-30.0, 0.0, 30.0], per_group=2, k=2))])
 
     (run,) = (tmp_path / "synth").glob("version_*")
     rows = list(csv.DictReader(open(run / "edits.csv")))
@@ -169,3 +178,25 @@ def test_synth_run_writes_factor_changes_that_match_its_images(tmp_path, probe):
     metrics = yaml.safe_load(open(run / "metrics.json"))
     moved = [r for r in rows if float(r["strength"]) != 0]
     assert metrics["test/factor_target"] == pytest.approx(np.mean([float(r["factor_target"]) for r in moved]), rel=1e-5)
+
+
+def test_dataset_faces_run_starts_from_known_factors(tmp_path, probe):
+    """Two dataset faces as input images: each is reconstructed closely, and the logged probe error at the start is
+    the probe's reading of the written reconstructions against the generator's factors, recomputed by hand."""
+    from lit_hspace.synth.faces import synth_face
+
+    faces = {"class_path": "lit_hspace.synth.data.DatasetFaces", "init_args": {"num_images": 2}}
+    main(["test", "--config", str(short_synth_run(tmp_path, "faces", faces, strengths=[0.0, 30.0], per_group=1, k=1))])
+
+    (run,) = (tmp_path / "faces").glob("version_*")
+    metrics = yaml.safe_load(open(run / "metrics.json"))
+    errors, maes = [], []
+    for i in range(2):
+        image, factors = synth_face(40_000_000 + i, 32)
+        folder = run / "images" / f"synth{40_000_000 + i:07d}"
+        reconstruction = to_tensor(Image.open(folder / "reconstruction.png").convert("RGB"))
+        errors.append((probe(reconstruction)[0] - normalise_factors(factors)).abs().mean().item())
+        maes.append((reconstruction[0] - (image + 1) / 2).abs().mean().item())
+    assert metrics["test/probe_start_error"] == pytest.approx(np.mean(errors), abs=0.01)  # 8-bit PNGs
+    assert metrics["test/reconstruction_mae"] == pytest.approx(np.mean(maes), abs=2 / 255)
+    assert metrics["test/reconstruction_mae"] < 0.03  # 10 steps; the clipped sampler of before: 0.08 at 50 steps

@@ -5,11 +5,12 @@ import socket
 import time
 
 import pytest
+import wandb
 import yaml
 
 from lit_hspace import tracking
 from lit_hspace.cli import main
-from test_cli import write_config
+from conftest import write_config
 
 
 @pytest.fixture
@@ -21,15 +22,30 @@ def no_wandb_env(monkeypatch, tmp_path):
 
 
 def test_offline_without_credentials(no_wandb_env):
-    assert tracking.choose_mode(None) == (True, "no W&B credentials (WANDB_API_KEY or `wandb login`)")
-    assert tracking.choose_mode(False) == (False, "asked for")
+    assert tracking.choose_mode(None) == ("offline", "no W&B credentials (WANDB_API_KEY or `wandb login`)")
+    assert tracking.choose_mode(False) == ("online", "asked for")
 
 
-def test_wandb_mode_wins(no_wandb_env, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "online")
-    assert tracking.choose_mode(None)[0] is False
+@pytest.mark.parametrize("mode, expected", [("online", "online"), ("offline", "offline"), ("dryrun", "offline"), ("disabled", "disabled")])
+def test_wandb_mode_wins(no_wandb_env, monkeypatch, mode, expected):
+    monkeypatch.setenv("WANDB_MODE", mode)
+    assert tracking.choose_mode(None)[0] == expected
+
+
+def test_disabled_writes_nothing(no_wandb_env, monkeypatch, tmp_path, tiny_model_dir):
+    """WANDB_MODE=disabled, as W&B documents it: a run logs nowhere and leaves no wandb folder behind."""
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert tracking.choose_mode(None)[0] is True
+    rbe = {"class_path": "lit_hspace.methods.RBE", "init_args": {"k": 2, "n_outside": 2, "max_iter": 3}}
+    config_path = write_config(tmp_path, tiny_model_dir, rbe, {"seeds": [0]}, name="quiet")
+    config = yaml.safe_load(config_path.read_text())
+    wandb_dir = tmp_path / "tracking"
+    config["trainer"]["logger"] = [config["trainer"]["logger"], {"class_path": "lit_hspace.tracking.WandbTracker", "init_args": {"save_dir": str(wandb_dir)}}]
+    config_path.write_text(yaml.safe_dump(config))
+    cli = main(["test", "--config", str(config_path)])
+    cli.trainer.loggers[1].experiment.finish()
+    wandb.teardown()  # W&B keeps process-wide settings (the disabled mode) until torn down
+    assert (tmp_path / "runs" / "quiet" / "version_0" / "metrics.json").is_file()
+    assert not list(wandb_dir.rglob("*run-*")), list(wandb_dir.rglob("*"))
 
 
 @pytest.fixture
@@ -69,7 +85,7 @@ def test_offline_run_logs_grids_table_and_config(no_wandb_env, tmp_path, tiny_mo
     metrics = json.loads((tmp_path / "runs" / "tracked" / "version_0" / "metrics.json").read_text())
     assert set(metrics) == {"test/mse_whole", "test/mse_inside", "test/mse_outside"}
     logged_config = json.loads(tracker.experiment.config["config"])
-    assert logged_config["model"]["init_args"]["timestep"] == 0.6
+    assert logged_config["model"]["init_args"]["diffusion"]["timestep"] == 0.6
     tracker.experiment.finish()
     (run,) = wandb_dir.glob("wandb/offline-run-*")
     files = run / "files"

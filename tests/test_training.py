@@ -31,8 +31,8 @@ def fit_config(tmp_path, max_steps: int) -> str:
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path / "runs"), "name": "train"}},
             "callbacks": [
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True, "every_n_train_steps": 1}},
-                {"class_path": "lit_hspace.callbacks.SampleGrid", "init_args": {"every_n_steps": 2, "num_samples": 4}},
-                {"class_path": "lit_hspace.callbacks.ExportEMA"},
+                {"class_path": "lit_hspace.training.SampleGrid", "init_args": {"every_n_steps": 2, "num_samples": 4}},
+                {"class_path": "lit_hspace.training.ExportEMA"},
             ],
         },
     }

@@ -1,0 +1,89 @@
+"""Automatic regions against the synthetic faces' ground truth, beside the preset boxes.
+
+For each dataset face (lit_hspace.synth.faces.synth_face(40_000_000 + i, 32)), inverted by DDIM to t = 0.6T:
+the automatic parts named by the "synth" preset, and each preset box, scored by IoU against the pixels that the
+region's factors can change (lit_hspace.segment.truth). Also the time of one segmentation per image beside one
+discovery (RBE, k 10, mouth box) on the same latent.
+
+    python benchmarks/segmentation.py --num-images 32 --out docs/segmentation_table.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from lit_hspace.ddim import DDIM
+from lit_hspace.hspace import HSpaceUNet
+from lit_hspace.jacobian import JacobianOperator
+from lit_hspace.methods import RBE
+from lit_hspace.regions import PRESETS, Region
+from lit_hspace.segment import SIGNALS, auto_regions, iou
+from lit_hspace.segment.truth import REGION_NAMES, changeable_pixels, dataset_factors
+from lit_hspace.synth.faces import synth_face
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-images", type=int, default=32)
+    parser.add_argument("--parts", type=int, default=8)
+    parser.add_argument("--signals", nargs="+", choices=SIGNALS, default=["jacobian", "decoder"])
+    parser.add_argument("--position-weight", type=float, default=0.5)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    model = HSpaceUNet.from_pretrained("synth-faces")
+    ddim = DDIM(model, 50)
+    t = ddim.timestep_at(0.6)
+    boxes = {name: Region(name, PRESETS["synth"][name]).to_mask(32) for name in REGION_NAMES}
+    scores = {key: {name: [] for name in REGION_NAMES} for key in ["preset boxes", *args.signals]}
+    seconds = {key: [] for key in [*args.signals, "discovery (RBE, k 10)"]}
+    for i in range(args.num_images):
+        image, _ = synth_face(40_000_000 + i, 32)
+        x_t = ddim.invert(image[None], stop=t).x
+        truth = {name: changeable_pixels(dataset_factors(i), name, 32) for name in REGION_NAMES}
+        for name in REGION_NAMES:
+            scores["preset boxes"][name].append(iou(boxes[name], truth[name]))
+        for signal in args.signals:
+            start = time.perf_counter()
+            parts = {p.name: p.mask for p in auto_regions(model, x_t, t, args.parts, "synth", signal=signal,
+                                                          position_weight=args.position_weight)}
+            seconds[signal].append(time.perf_counter() - start)
+            for name in REGION_NAMES:
+                scores[signal][name].append(iou(parts[name], truth[name]) if name in parts else 0.0)
+        start = time.perf_counter()
+        with torch.no_grad():
+            enc = model.encode(x_t, t)
+        mouth = Region("mouth", PRESETS["synth"]["mouth"])
+        RBE(k=10).discover(JacobianOperator.of_decoder(model, enc), [mouth], mouth.to_mask(32)[None], torch.Generator().manual_seed(0))
+        seconds["discovery (RBE, k 10)"].append(time.perf_counter() - start)
+        print(f"face {i}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in seconds.items()), flush=True)
+
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    lines = ["| masks | " + " | ".join(REGION_NAMES) + " | mean of mouth and eyes | lowest |", "|" + " --- |" * (len(REGION_NAMES) + 3)]
+    for key, per_region in scores.items():
+        means = {name: mean(v) for name, v in per_region.items()}
+        cells = [f"{means[n]:.3f}" for n in REGION_NAMES]
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {(means['mouth'] + means['eyes']) / 2:.3f} | {min(means.values()):.3f} |")
+    timing = ", ".join(f"{key} {mean(v):.2f} s" for key, v in seconds.items())
+    report = "\n".join([
+        f"`python benchmarks/segmentation.py --num-images {args.num_images} --parts {args.parts} --position-weight "
+        f"{args.position_weight}` on {platform.machine()} ({torch.get_num_threads()} threads), torch {torch.__version__}.",
+        "",
+        f"IoU against the pixels each region's factors can change, mean over {args.num_images} dataset faces, 32 px:",
+        "",
+        *lines,
+        "",
+        f"Mean time per image: {timing}.",
+    ])
+    print(report)
+    if args.out:
+        args.out.write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Discovery of one image's direction set: the Jacobian of the part after h at x_t, then the method."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lit_hspace.directions import DirectionSet, DiscoveryKey
+from lit_hspace.hspace import HSpaceUNet
+from lit_hspace.jacobian import JacobianOperator
+from lit_hspace.methods import DiscoveryMethod
+from lit_hspace.regions import Region
+
+
+def check_grad_mode() -> None:
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("Jacobian products cannot run under torch.inference_mode(): use Trainer(inference_mode=False)")
+
+
+def discover(
+    model: HSpaceUNet,
+    method: DiscoveryMethod,
+    regions: list[Region],
+    masks: Tensor,
+    x_t: Tensor,
+    key: DiscoveryKey,
+    chunk_size: int | None = None,
+) -> DirectionSet:
+    """The direction set of x_t (1, C, H, W) at timestep key.t; its metadata records the key and the model's name."""
+    check_grad_mode()
+    with torch.enable_grad():
+        enc = model.encode(x_t, key.t)
+        jac = JacobianOperator.of_decoder(model, enc, chunk_size)
+        try:
+            found = method.discover(jac, regions, masks, torch.Generator().manual_seed(key.seed))
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err):
+                raise
+            advice = (
+                f"lower model.init_args.discovery.chunk_size (now {jac.chunk_size}); memory grows linearly with it"
+                if jac.chunk_size > 1 else "even one direction per product does not fit: use a device with more memory"
+            )
+            raise MemoryError(f"the Jacobian products do not fit in memory on {x_t.device}: {advice}") from err
+    vectors = found.vectors.reshape(-1, *model.h_shape)
+    meta = {"model": model.name, **key.to_meta(), "convergence": found.info}
+    return DirectionSet(vectors, found.values, found.labels, x_t.detach(), meta)

@@ -1,0 +1,99 @@
+"""Editing: which directions of a set are edited, at which strengths, and the edited samples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from lit_hspace.ddim import DDIM, Edit, Latent
+from lit_hspace.directions import DirectionSet
+from lit_hspace.regions import Region
+from lit_hspace.settings import EditSettings
+
+
+@dataclass(frozen=True)
+class EditedDirection:
+    """One row of an image's grid: a direction of the set, with the region its change is measured in."""
+
+    index: int  # in the direction set
+    label: str  # its group: a region name, "joint" or "global"
+    name: str  # given by a user or the factor probe; "" if none
+    mask: Tensor  # (1, H, W): the region its label stands for
+
+    @property
+    def caption(self) -> str:
+        return f"d{self.index} {self.label}" + (f" {self.name}" if self.name else "")
+
+
+@dataclass
+class ImageEdits:
+    """One image's edits: directions x strengths, beside the input and its reconstruction (all in [-1, 1])."""
+
+    image_id: str
+    input: Tensor | None  # (C, H, W): the image as the model sees it; None for seeds
+    reconstruction: Tensor  # (C, H, W): the unedited sample from the image's latent
+    directions: list[EditedDirection]
+    strengths: tuple[float, ...]
+    edits: Tensor  # (D, S, C, H, W); the strength-0 column is the reconstruction itself
+
+    @property
+    def masks(self) -> Tensor:
+        """(D, 1, H, W)."""
+        return torch.stack([d.mask for d in self.directions])
+
+    def renamed(self, names: dict[int, str]) -> ImageEdits:
+        """The same edits with directions named (set index -> name)."""
+        directions = [replace(d, name=names.get(d.index, d.name)) for d in self.directions]
+        return replace(self, directions=directions)
+
+
+class Editor:
+    """Picks directions of a set and samples the image's latent with h + a v for each direction v and strength a."""
+
+    def __init__(self, ddim: DDIM, regions: list[Region], masks: Tensor, settings: EditSettings):
+        self.ddim, self.settings = ddim, settings
+        self.region_names = [r.name for r in regions]
+        self.masks = masks  # (N, 1, H, W)
+        if settings.regions is not None and not set(settings.regions) <= set(self.region_names):
+            unknown = sorted(set(settings.regions) - set(self.region_names))
+            raise ValueError(f"edit.regions {unknown} are not among the regions {self.region_names}")
+
+    def mask_of(self, label: str) -> Tensor:
+        """(1, H, W): a region's mask, the union of all for joint or combined labels, everything for global."""
+        if label in self.region_names:
+            return self.masks[self.region_names.index(label)]
+        if label == "global" or not self.region_names:
+            return torch.ones_like(self.masks[0])
+        return self.masks.amax(0)
+
+    def pick(self, dset: DirectionSet) -> list[EditedDirection]:
+        """The named directions asked for, or the first `per_group` of each group (joint ones only where
+        nothing else exists), in the set's order."""
+        if self.settings.names is not None:
+            picks = [dset.index_of(name) for name in self.settings.names]
+        else:
+            groups = [g for g in dset.groups if g != "joint"] or dset.groups
+            if self.settings.regions is not None:
+                groups = [g for g in groups if g in self.settings.regions]
+            picks = [i for g in groups for i in dset.indices(g)[: self.settings.per_group]]
+        names = dset.names
+        return [EditedDirection(j, dset.labels[j], names.get(j, ""), self.mask_of(dset.labels[j])) for j in picks]
+
+    @torch.no_grad()
+    def edit(self, image_id: str, latent: Latent, dset: DirectionSet, input: Tensor | None) -> ImageEdits:
+        """Sample the reconstruction once, and every (direction, non-zero strength) edit in batches."""
+        picked = self.pick(dset)
+        reconstruction = self.ddim.sample(latent)[0]
+        strengths = torch.tensor(self.settings.strengths, device=latent.x.device, dtype=latent.x.dtype)
+        vectors = dset.directions[[d.index for d in picked]].to(latent.x)
+        deltas = (strengths[None, :, None, None, None] * vectors[:, None]).flatten(0, 1)  # (D * S, *h_shape)
+        moved = (strengths != 0).repeat(len(picked))
+        out = reconstruction.expand(len(deltas), -1, -1, -1).clone()
+        todo = moved.nonzero().flatten()
+        for batch in todo.split(self.settings.batch_size):
+            edit = Edit(deltas[batch], latent.t, self.settings.injection)
+            out[batch] = self.ddim.sample(latent.expand(len(batch)), edit=edit)
+        edits = out.unflatten(0, (len(picked), len(strengths)))
+        return ImageEdits(image_id, input, reconstruction, picked, self.settings.strengths, edits)

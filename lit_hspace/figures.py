@@ -1,0 +1,70 @@
+"""Image grids a person can read: cells upscaled (nearest neighbour) to at least MIN_CELL pixels, every row and
+column labelled, regions outlined. Used for each run's grids and for the report's image figures."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+MIN_CELL = 128  # pixels a cell is shown at, at least
+PAD = 4
+FONT_SIZE = 15
+OUTLINE_COLOUR = (1.0, 0.1, 0.6)  # pink, as the JIVE appendix marks regions
+
+
+def outline(image: Tensor, mask: Tensor, width: int = 1) -> Tensor:
+    """image (C, H, W) in [0, 1] with the border pixels of mask (1, H, W) painted."""
+    eroded = -F.max_pool2d(-mask[None], 2 * width + 1, stride=1, padding=width)[0]
+    edge = (mask - eroded).bool().expand_as(image)
+    colour = torch.tensor(OUTLINE_COLOUR, device=image.device)[:, None, None].expand_as(image)
+    return torch.where(edge, colour, image)
+
+
+def upscale(image: Tensor, min_side: int = MIN_CELL) -> Tensor:
+    """(C, H, W) repeated by a whole factor (nearest neighbour) so that its side is at least min_side."""
+    factor = max(1, math.ceil(min_side / image.shape[-1]))
+    return image.repeat_interleave(factor, -1).repeat_interleave(factor, -2)
+
+
+def outlined(image: Tensor, mask: Tensor) -> Tensor:
+    """The upscaled image with the region outlined at the upscaled resolution (a line 2 pixels wide)."""
+    big = upscale(image)
+    factor = big.shape[-1] // image.shape[-1]
+    return outline(big, upscale(mask.float(), big.shape[-1]) if factor > 1 else mask.float(), width=2 if factor > 1 else 1)
+
+
+def _font() -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=FONT_SIZE)
+    except TypeError:  # Pillow without FreeType: the bitmap font
+        return ImageFont.load_default()
+
+
+def labelled_grid(cells: list[list[Tensor | None]], col_labels: list[str], row_labels: list[str]) -> Image.Image:
+    """A grid of images (3, H, W) in [0, 1] (None leaves a cell blank), columns titled above, rows labelled left."""
+    font = _font()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    side = max(upscale(c).shape[-1] for row in cells for c in row if c is not None)
+    label_width = max([probe.textlength(label, font=font) for label in row_labels] + [0])
+    left = int(label_width) + 2 * PAD if any(row_labels) else PAD
+    top = FONT_SIZE + 2 * PAD
+    width = left + len(col_labels) * (side + PAD)
+    canvas = Image.new("RGB", (width, top + len(cells) * (side + PAD)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, label in enumerate(col_labels):
+        x = left + j * (side + PAD) + (side - probe.textlength(label, font=font)) / 2
+        draw.text((x, PAD), label, fill="black", font=font)
+    for i, row in enumerate(cells):
+        y = top + i * (side + PAD)
+        if row_labels and row_labels[i]:
+            draw.text((PAD, y + side / 2 - FONT_SIZE / 2), row_labels[i], fill="black", font=font)
+        for j, cell in enumerate(row):
+            if cell is not None:
+                big = upscale(cell, side).clamp(0, 1)
+                pixels = (big * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+                canvas.paste(Image.fromarray(pixels), (left + j * (side + PAD), y))
+    return canvas

@@ -1,0 +1,131 @@
+"""The run directory: where every file of a run lives, and the `run.json` manifest that tools read.
+
+    runs/<experiment>/version_<n>/
+        config.yaml                         the full configuration (LightningCLI)
+        run.json                            the manifest: settings that matter, files, metrics, versions
+        directions/<image>.safetensors      direction sets
+        images/<image>/input.png            the image as the model sees it (image runs)
+        images/<image>/reconstruction.png   the unedited sample from its latent
+        images/<image>/d<i>_<label>_a<strength>.png   every edited image
+        grids/<image>.png                   rows: directions; columns: input, reconstruction, strengths
+        edits.csv                           one row per edit
+        metrics.json                        the means over all edits with a non-zero strength
+
+This module is the only place that knows these names.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "run.json"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def edits_csv(self) -> Path:
+        return self.root / "edits.csv"
+
+    def rank_edits_csv(self, rank: int) -> Path:
+        return self.root / f"edits.rank{rank}.csv"
+
+    @property
+    def metrics_json(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def directions_dir(self) -> Path:
+        return self.root / "directions"
+
+    def directions(self, image_id: str) -> Path:
+        return self.directions_dir / f"{image_id}.safetensors"
+
+    def image_dir(self, image_id: str) -> Path:
+        return self.root / "images" / image_id
+
+    def input_image(self, image_id: str) -> Path:
+        return self.image_dir(image_id) / "input.png"
+
+    def reconstruction(self, image_id: str) -> Path:
+        return self.image_dir(image_id) / "reconstruction.png"
+
+    def edit_image(self, image_id: str, index: int, label: str, strength: float) -> Path:
+        return self.image_dir(image_id) / f"d{index:02d}_{label}_a{strength:+g}.png"
+
+    def grid(self, image_id: str) -> Path:
+        return self.root / "grids" / f"{image_id}.png"
+
+    def siblings(self) -> list[RunLayout]:
+        """Other runs of the same experiment (runs/<experiment>/*), newest first."""
+        others = [d for d in self.root.parent.glob("*") if d.is_dir() and d != self.root]
+        return [RunLayout(d) for d in sorted(others, key=lambda d: d.stat().st_mtime, reverse=True)]
+
+    @staticmethod
+    def finished_under(path: str | Path) -> list[RunLayout]:
+        """Finished runs (with a manifest and edits.csv) at `path` or below it."""
+        path = Path(path)
+        found = [path] if (path / MANIFEST).is_file() else sorted(p.parent for p in path.glob(f"**/{MANIFEST}"))
+        return [RunLayout(p) for p in found if (p / "edits.csv").is_file()]
+
+
+@dataclass
+class RunManifest:
+    """What a run did, in one file: the settings that decide its results, where its files are, its metrics."""
+
+    stage: str  # "predict" or "test"
+    model: str
+    model_fingerprint: str
+    method: str
+    method_params: dict[str, Any]
+    regions: list[dict[str, Any]]
+    timestep: float
+    t: int
+    num_steps: int
+    latent: dict[str, Any]  # how images reach x_t (inversion settings) or "seeds"
+    edit: dict[str, Any]  # strengths, injection, which directions
+    given_directions: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    images: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def write(self, layout: RunLayout) -> Path:
+        self.versions = self.versions or package_versions()
+        layout.root.mkdir(parents=True, exist_ok=True)
+        partial = layout.manifest.with_name(MANIFEST + ".partial")
+        partial.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        partial.replace(layout.manifest)
+        return layout.manifest
+
+    @classmethod
+    def read(cls, layout: RunLayout) -> RunManifest:
+        return cls(**json.loads(layout.manifest.read_text()))
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in ("lit_hspace", "torch", "diffusers", "lightning"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found

@@ -1,0 +1,100 @@
+"""The run's settings, grouped by concern; each group checks itself when it is built, before any compute.
+
+In a config they are nested under the module's arguments:
+
+    model:
+      init_args:
+        diffusion: {timestep: 0.6, num_steps: 50, inversion: {method: fixed_point}}
+        edit: {strengths: [-50, 0, 50], per_group: 3, injection: x0_and_direction}
+        discovery: {seed: 0, chunk_size: null, directions: null}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, get_args
+
+from lit_hspace.ddim import Injection, Inversion
+
+InvertTo = Literal["t", "T"]
+
+
+@dataclass(frozen=True)
+class DiffusionSettings:
+    """Where the Jacobian is taken and edits start, and how an input image gets there.
+
+    Args:
+        timestep: the edit timestep as a fraction of T (the papers: 0.6); the schedule's nearest step is used.
+        num_steps: DDIM steps of the whole schedule.
+        inversion: how an input image is inverted (`ddim`, `fixed_point` or `ddpm`, see lit_hspace.ddim.Inversion).
+        invert_to: "t" inverts an image only up to the edit timestep; "T" inverts it to x_T and samples back
+            down to t (JIVE Algorithm 1, lines 2-3).
+    """
+
+    timestep: float = 0.6
+    num_steps: int = 50
+    inversion: Inversion = field(default_factory=Inversion)
+    invert_to: InvertTo = "t"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.timestep <= 1.0:
+            raise ValueError(f"diffusion.timestep={self.timestep} is outside the schedule: give a fraction of T in (0, 1], e.g. 0.6")
+        if self.invert_to not in get_args(InvertTo):
+            raise ValueError(f"diffusion.invert_to '{self.invert_to}' is not one of {get_args(InvertTo)}")
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """Which directions are edited, how strongly, and how.
+
+    Args:
+        strengths: edit strengths a (h <- h + a v); the grid has one column per strength.
+        per_group: how many directions of each group (region) to edit, in order.
+        regions: edit only the directions of these regions (by default those of every region).
+        names: edit only the directions with these names (given with `lit-hspace-directions name`, or from
+            the factor probe); needs `discovery.directions`.
+        injection: "x0_and_direction" (Haas et al.) or "x0" (Asyrp).
+        batch_size: edited images sampled at once.
+    """
+
+    strengths: tuple[float, ...] = (-50.0, -25.0, 0.0, 25.0, 50.0)
+    per_group: int = 3
+    regions: tuple[str, ...] | None = None
+    names: tuple[str, ...] | None = None
+    injection: Injection = "x0_and_direction"
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if not self.strengths:
+            raise ValueError("edit.strengths is empty: give at least one strength, e.g. [-50, 0, 50]")
+        if self.per_group < 1:
+            raise ValueError(f"edit.per_group={self.per_group} must be at least 1")
+        if self.batch_size < 1:
+            raise ValueError(f"edit.batch_size={self.batch_size} must be at least 1")
+        if self.injection not in get_args(Injection):
+            raise ValueError(f"edit.injection '{self.injection}' is not one of {get_args(Injection)}")
+
+
+@dataclass(frozen=True)
+class DiscoverySettings:
+    """How directions are found, or where given ones come from.
+
+    Args:
+        seed: seed of the iterations' random start.
+        chunk_size: directions per batched Jacobian product (memory grows linearly with it); by default chosen
+            for the device (see `lit_hspace.jacobian`).
+        directions: a direction set file (applied to every image), or a folder of them (`<image id>.safetensors`),
+            to edit with instead of discovering. By default, sets that earlier runs of this experiment stored for
+            the same settings are reused, and missing ones are discovered.
+    """
+
+    seed: int = 0
+    chunk_size: int | None = None
+    directions: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"discovery.chunk_size={self.chunk_size} must be at least 1 (or unset for the device's default)")
+        if self.directions is not None and not Path(self.directions).exists():
+            raise FileNotFoundError(f"discovery.directions '{self.directions}' does not exist (a direction set file or a folder of them)")

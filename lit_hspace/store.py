@@ -1,0 +1,59 @@
+"""Where an image's direction set comes from when it is not discovered anew: given sets, or a set that an
+earlier run of the same experiment stored for an equal discovery key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lit_hspace.directions import DirectionSet, DiscoveryKey
+from lit_hspace.hspace import HSpaceUNet
+from lit_hspace.layout import RunLayout
+
+
+class DirectionStore:
+    """Given direction sets (one file for every image, or a folder of `<image id>.safetensors`), else the
+    newest set an earlier run of the experiment stored whose key equals the wanted one.
+
+    Given sets are loaded and checked (model, asked-for names) when the store is opened, before any compute.
+    """
+
+    def __init__(self, given: str | None, model: HSpaceUNet, names: tuple[str, ...] | None = None):
+        self.given: dict[str, DirectionSet] = {}
+        self.one_for_all = given is not None and Path(given).is_file()
+        if given is None:
+            return
+        path = Path(given)
+        for file in [path] if path.is_file() else sorted(path.glob("*.safetensors")):
+            stored = DirectionSet.load(file)
+            stored.check_fits(model)
+            for name in names or ():
+                stored.index_of(name)  # every asked-for name exists
+            self.given[file.stem] = stored
+        if not self.given:
+            raise FileNotFoundError(f"direction set folder '{given}' holds no .safetensors files")
+
+    @property
+    def has_given(self) -> bool:
+        return bool(self.given)
+
+    def find(self, key: DiscoveryKey, earlier: list[RunLayout]) -> DirectionSet | None:
+        """A given set for this image, or the newest stored set of an earlier run with an equal key."""
+        if self.one_for_all:
+            return next(iter(self.given.values()))
+        if self.given:
+            return self.given.get(key.image)
+        for run in earlier:
+            path = run.directions(key.image)
+            if path.is_file():
+                stored = DirectionSet.load(path)
+                if stored.key == key:
+                    return stored
+        return None
+
+
+def made_from_same_latent(dset: DirectionSet, key: DiscoveryKey) -> bool:
+    """Whether the set's stored x_t is this image's latent, so that it need not be computed again: the set
+    was discovered on this image, reached by the same inversion (or seed) and schedule, of the same model."""
+    found = dset.key
+    return found is not None and (found.image, found.latent, found.t, found.num_steps, found.model_fingerprint) == (
+        key.image, key.latent, key.t, key.num_steps, key.model_fingerprint)
