@@ -22,7 +22,7 @@ import torch
 from torch._dynamo.utils import counters
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lit_hspace.ddim import DDIM
+from lit_hspace.ddim import DDIM, Inversion
 from lit_hspace.hspace import HSpaceUNet
 from lit_hspace.jacobian import JacobianOperator, principal_angle_sine, subspace_iteration
 from timing import best_time, peak_memory_mb
@@ -211,15 +211,16 @@ def run(args: argparse.Namespace) -> None:
         for steps in args.inversion_steps:
             sched = DDIM(model, steps)
             t_s = sched.timestep_at(0.6)
-            to_t = lambda: sched.invert(image, stop=t_s)  # noqa: E731
-            to_T = lambda: sched.sample(sched.invert(image), stop=t_s)  # noqa: E731
+            plain = Inversion("ddim")  # the lever is the number of steps: plain DDIM inversion, no clipping back
+            to_t = lambda: sched.invert(image, stop=t_s, inversion=plain)  # noqa: E731
+            to_T = lambda: sched.descend(sched.invert(image, inversion=plain), t_s)  # noqa: E731
             times = {"t": best_time(to_t, repeats), "T": best_time(to_T, repeats)}
             errors = {}
             for mode, fn in (("t", to_t), ("T", to_T)):
-                x = fn()
-                errors[mode] = float((sched.sample(x, start=t_s) - image).abs().mean() / 2)  # in [0, 1] units
+                latent = fn()
+                errors[mode] = float((sched.sample(latent) - image).abs().mean() / 2)  # in [0, 1] units
                 with torch.no_grad():
-                    enc_s = model.encode(x[:1], t_s)
+                    enc_s = model.encode(latent.x[:1], t_s)
                 found = top_subspace(JacobianOperator.of_decoder(model, enc_s, chunk_size=2 * k), k)
                 reference = found if reference is None else reference
                 errors[mode] = f"recon MAE {errors[mode]:.3f}, sine vs first {principal_angle_sine(reference, found).item():.2f}"

@@ -41,7 +41,7 @@ class HSpaceEditor(L.LightningModule):
 
     Args:
         model: a built-in model name, a local diffusers UNet2DModel directory, or a Hugging Face Hub id.
-        method: the discovery method (`Haas`, `JIVE`, `RBE`, from lit_hspace.methods).
+        method: the discovery method (`Haas`, `JIVE`, `RBE`, `Rayleigh`, from lit_hspace.methods).
         regions: region names of `region_preset`, or regions with a box or a mask file.
         region_preset: the preset that region names are looked up in ("celebahq", "church", "synth").
         diffusion: the edit timestep, the schedule, and how input images are inverted (`DiffusionSettings`).

@@ -59,12 +59,15 @@ def test_individual_orthogonal_to_joint_and_rows_orthonormal(fit):
         assert torch.allclose(ind @ ind.T, torch.eye(R_A, dtype=torch.float64), atol=1e-10)
 
 
-def test_singular_values_descending_positive(fit):
-    """joint_values and individual_values are positive and sorted in decreasing order."""
-    res, _, _ = fit
-    for values, rank in [(res.joint_values, R_C)] + [(v, R_A) for v in res.individual_values]:
-        assert values.shape == (rank,)
-        assert (values > 0).all()
+def test_singular_values_are_the_planted_strengths(fit):
+    """On the near-noiseless planted blocks, the individual values of block i are the singular values of its planted
+    individual part W_i S_a V_i, and the joint values those of the stacked planted joint part; both descending."""
+    res, vj, vis = fit
+    blocks, _, _ = planted()
+    joint_part = torch.cat(blocks) @ vj.T @ vj
+    torch.testing.assert_close(res.joint_values, torch.linalg.svdvals(joint_part)[:R_C], rtol=1e-3, atol=0)
+    for x, vi, values in zip(blocks, vis, res.individual_values):
+        torch.testing.assert_close(values, torch.linalg.svdvals(x @ vi.T), rtol=1e-3, atol=0)
         assert (values[:-1] >= values[1:]).all()
 
 
