@@ -38,6 +38,20 @@ def tiny_model_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def encoded(tiny_model):
+    """The tiny UNet encoded at a random x_t, t = 600."""
+    x_t = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    return tiny_model.encode(x_t, 600)
+
+
+@pytest.fixture(scope="session")
+def explicit_jacobian(tiny_model, encoded):
+    """d eps / d h of the part after h as a (3*16*16, 16*8*8) matrix, by torch.autograd.functional.jacobian."""
+    fn = lambda h: tiny_model.decode(h[None], encoded)[0]  # noqa: E731
+    return torch.autograd.functional.jacobian(fn, encoded.h[0]).reshape(3 * 16 * 16, -1)
+
+
 # -- configs for runs through the CLI on a small model -------------------------------------------
 
 STRENGTHS = [-40.0, 0.0, 40.0]

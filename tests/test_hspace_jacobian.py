@@ -15,19 +15,6 @@ from lit_hspace.jacobian import (
 from lit_hspace.regions import Region
 
 
-@pytest.fixture(scope="module")
-def encoded(tiny_model):
-    x_t = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    return tiny_model.encode(x_t, 600)
-
-
-@pytest.fixture(scope="module")
-def explicit_jacobian(tiny_model, encoded):
-    """d eps / d h of the part after h as a (3*16*16, 16*8*8) matrix, by torch.autograd.functional.jacobian."""
-    fn = lambda h: tiny_model.decode(h[None], encoded)[0]  # noqa: E731
-    return torch.autograd.functional.jacobian(fn, encoded.h[0]).reshape(3 * 16 * 16, -1)
-
-
 def test_split_reproduces_the_unet(tiny_model):
     """decode(encode(x)) is the UNet's own forward, and a shift of h changes the output."""
     x = torch.randn(2, 3, 16, 16)

@@ -88,18 +88,6 @@ def test_preconditioner_close_to_b_inverse_saves_iterations():
 # -- on the tiny UNet's Jacobian -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def encoded(tiny_model):
-    x_t = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    return tiny_model.encode(x_t, 600)
-
-
-@pytest.fixture(scope="module")
-def explicit_jacobian(tiny_model, encoded):
-    fn = lambda h: tiny_model.decode(h[None], encoded)[0]  # noqa: E731
-    return torch.autograd.functional.jacobian(fn, encoded.h[0]).reshape(3 * 16 * 16, -1)
-
-
 @pytest.mark.parametrize("masked", [False, True])
 def test_block_svd_matches_explicit_svd(tiny_model, encoded, explicit_jacobian, masked):
     k = 4
