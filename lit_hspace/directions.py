@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -14,6 +15,11 @@ from torch import Tensor
 
 import lit_hspace
 from lit_hspace.hspace import HSpaceUNet
+
+def pixel_digest(image: Tensor) -> str:
+    """A short digest of an image's pixels (as float32)."""
+    return hashlib.sha256(image.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
 
 def canonical(value: Any) -> str:
     """A JSON text that is equal for equal values (sorted keys, tuples as lists)."""
@@ -34,13 +40,14 @@ class DiscoveryKey:
     method_params: str  # canonical JSON
     regions: str  # canonical JSON
     seed: int
-    image: str
+    image: str  # the image's id (a file's stem, or seed<n>)
+    content: str = ""  # input images: a digest of the pixels, so two files with one name never share a set
 
     @classmethod
     def of(cls, model: HSpaceUNet, t: int, num_steps: int, latent: str, method: str, method_params: dict,
-           regions: list[dict], seed: int, image: str) -> DiscoveryKey:
+           regions: list[dict], seed: int, image: str, content: str = "") -> DiscoveryKey:
         return cls(model.fingerprint, tuple(model.h_shape), t, num_steps, latent, method, canonical(method_params),
-                   canonical(regions), seed, image)
+                   canonical(regions), seed, image, content)
 
     def to_meta(self) -> dict[str, Any]:
         """As the set's metadata shows it (parameters and regions readable, not as JSON text)."""
@@ -51,7 +58,7 @@ class DiscoveryKey:
     def from_meta(cls, meta: dict[str, Any]) -> DiscoveryKey | None:
         """The key a set's metadata records; None for sets without one (older sets, sets built by hand)."""
         try:
-            values = {f.name: meta[f.name] for f in fields(cls)}
+            values = {f.name: meta[f.name] for f in fields(cls) if f.name != "content"} | {"content": meta.get("content", "")}
         except KeyError:
             return None
         values |= {"h_shape": tuple(values["h_shape"]), "method_params": canonical(values["method_params"]), "regions": canonical(values["regions"])}

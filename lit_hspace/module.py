@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from lit_hspace.ddim import DDIM, Latent
-from lit_hspace.directions import DirectionSet, DiscoveryKey
+from lit_hspace.directions import DirectionSet, DiscoveryKey, pixel_digest
 from lit_hspace.discovery import check_grad_mode, discover
 from lit_hspace.editing import Editor, ImageEdits
 from lit_hspace.hspace import HSpaceUNet
@@ -87,11 +87,12 @@ class HSpaceEditor(L.LightningModule):
         """method_regions_t<timestep>, e.g. rbe_mouth_t0.6: how tracked runs are named."""
         return f"{self.method.name}_{'+'.join(r.name for r in self.regions)}_t{self.diffusion.timestep:g}"
 
-    def key(self, image_id: str, from_image: bool) -> DiscoveryKey:
-        latent = canonical_latent(self.diffusion) if from_image else "seed"
+    def key(self, image_id: str, image: Tensor | None) -> DiscoveryKey:
+        """What decides the direction set of this image (None: a seed's sample)."""
+        latent, content = (canonical_latent(self.diffusion), pixel_digest(image)) if image is not None else ("seed", "")
         regions = [asdict(r) for r in self.regions]
         return DiscoveryKey.of(self.hspace, self.t, self.ddim.num_steps, latent, self.method.name, self.method.params(),
-                               regions, self.discovery.seed, image_id)
+                               regions, self.discovery.seed, image_id, content)
 
     def latent(self, image: Tensor | None, seed: int | None) -> Latent:
         """An input image (C, H, W) inverted to the edit timestep (or to T, then sampled back), or a seed's x_T sampled down to it."""
@@ -124,14 +125,14 @@ class HSpaceEditor(L.LightningModule):
         for i, image_id in enumerate(batch["id"]):
             image, seed = (batch["image"][i], None) if "image" in batch else (None, batch["seed"][i])
             found.append(discover(self.hspace, self.method, self.regions, self.masks, self.latent(image, seed).x,
-                                  self.key(image_id, image is not None), self.discovery.chunk_size))
+                                  self.key(image_id, image), self.discovery.chunk_size))
         return found
 
     def test_step(self, batch: dict, batch_idx: int) -> list[ImageResult]:
         results = []
         for i, image_id in enumerate(batch["id"]):
             image, seed = (batch["image"][i], None) if "image" in batch else (None, batch["seed"][i])
-            key = self.key(image_id, image is not None)
+            key = self.key(image_id, image)
             dset = self.store.find(key, self.earlier_runs)
             reusable = dset is not None and made_from_same_latent(dset, key) and self.diffusion.inversion.method != "ddpm"
             latent = Latent(dset.x_t.to(self.device), self.t, clip=image is None and self.ddim.clip_seeds) if reusable else self.latent(image, seed)

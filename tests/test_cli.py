@@ -67,6 +67,19 @@ def test_predict_then_test_reuses_directions_and_writes_a_run(tmp_path, tiny_mod
     assert metrics["test/mse_inside"] > 0
 
 
+def test_another_image_under_the_same_name_is_never_given_an_earlier_set(tmp_path, tiny_model_dir, face_png):
+    """The discovery key holds the pixels' digest: a different face.png in a later run of the experiment is
+    discovered anew, not edited with the set stored for the first face.png."""
+    rbe = {"class_path": "lit_hspace.methods.RBE", "init_args": {"k": 2, "n_outside": 2, "max_iter": 3}}
+    config = write_config(tmp_path, tiny_model_dir, rbe, {"images": [str(face_png)]}, name="same_name")
+    main(["predict", "--config", str(config)])
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(face_png)
+    main(["test", "--config", str(config)])
+    runs = tmp_path / "runs" / "same_name"
+    first, second = (DirectionSet.load(runs / f"version_{v}" / "directions" / "face.safetensors") for v in (0, 1))
+    assert first.key.content != second.key.content and first.key.image == second.key.image == "face"
+
+
 def test_jive_in_test_discovers_and_stores_per_region_directions(tmp_path, tiny_model_dir):
     jive = {"class_path": "lit_hspace.methods.JIVE", "init_args": {"k": 3, "rank_joint": 2, "rank_individual": 2, "max_iter": 3}}
     config = write_config(tmp_path, tiny_model_dir, jive, {"seeds": [5]}, regions=("eyes", "mouth"), name="jive")
@@ -185,7 +198,7 @@ def test_out_of_memory_names_what_to_lower(tiny_model_dir, monkeypatch):
 
     monkeypatch.setattr(JacobianOperator, "_linearised", too_big)
     module = HSpaceEditor(model=str(tiny_model_dir))
-    key = module.key("img", from_image=False)
+    key = module.key("img", None)
     with pytest.raises(MemoryError, match=r"do not fit in memory on cpu: even one direction per product does not fit"):
         discover(module.hspace, module.method, module.regions, module.masks, torch.zeros(1, 3, 16, 16), key, chunk_size=48)
 

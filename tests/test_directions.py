@@ -21,7 +21,7 @@ def make_key(model, **overrides) -> DiscoveryKey:
     return DiscoveryKey.of(model, **(settings | overrides))
 
 
-KEY_SETTINGS = ("t", "num_steps", "latent", "method", "method_params", "regions", "seed", "image")
+KEY_SETTINGS = ("t", "num_steps", "latent", "method", "method_params", "regions", "seed", "image", "content")
 
 
 def make_meta(model, **overrides):
@@ -135,10 +135,11 @@ def test_store_finds_the_set_with_an_equal_key(tiny_model, two_runs, seed):
     "change",
     [dict(seed=2), dict(image="img1"), dict(method="haas"), dict(t=499), dict(num_steps=20), dict(latent="fixed_point"),
      dict(regions=[{"name": "eyes"}, {"name": "nose"}]), dict(regions=[{"name": "mouth", "box": [0, 0, 1, 0.5]}]),
-     dict(method_params={"rank_joint": 2, "rank_individual": 2})],
+     dict(method_params={"rank_joint": 2, "rank_individual": 2}), dict(content="0123456789abcdef")],
 )
 def test_store_misses_when_any_key_field_differs(tiny_model, two_runs, change):
-    """Another seed, image, method, timestep, schedule, inversion, region (its name or its mask) or parameter: no hit."""
+    """Another seed, image, method, timestep, schedule, inversion, region (its name or its mask), parameter or
+    pixels under the same image name: no hit."""
     assert DirectionStore(None, tiny_model).find(make_key(tiny_model, **change), two_runs) is None
 
 
@@ -168,7 +169,7 @@ def test_key_round_trips_through_the_artifact(tiny_model, tmp_path):
 def test_stored_x_t_is_reused_only_for_the_same_image_latent_and_schedule(tiny_model):
     dset = make_set(tiny_model)
     assert made_from_same_latent(dset, make_key(tiny_model, method="rbe"))  # another method, same x_t
-    for change in (dict(image="img1"), dict(latent="fixed_point"), dict(t=400), dict(num_steps=20)):
+    for change in (dict(image="img1"), dict(latent="fixed_point"), dict(t=400), dict(num_steps=20), dict(content="f00d")):
         assert not made_from_same_latent(dset, make_key(tiny_model, **change))
 
 
