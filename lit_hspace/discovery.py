@@ -26,13 +26,15 @@ def discover(
     key: DiscoveryKey,
     chunk_size: int | None = None,
 ) -> DirectionSet:
-    """The direction set of x_t (1, C, H, W) at timestep key.t; its metadata records the key and the model's name."""
+    """The direction set of x_t (1, C, H, W) at timestep key.t, or one set of several images' latents (B, C, H, W):
+    the directions of their operators summed, J^T M J = sum_i J_i^T M J_i. Its metadata records the key and the
+    model's name."""
     check_grad_mode()
     with torch.enable_grad():
-        enc = model.encode(x_t, key.t)
-        jac = JacobianOperator.of_decoder(model, enc, chunk_size)
+        jacs = [JacobianOperator.of_decoder(model, model.encode(x, key.t), chunk_size) for x in x_t.split(1)]
+        jac = jacs[0]
         try:
-            found = method.discover(jac, regions, masks, torch.Generator().manual_seed(key.seed))
+            found = method.discover(jac if len(jacs) == 1 else jacs, regions, masks, torch.Generator().manual_seed(key.seed))
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err):
                 raise

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+import hashlib
+from dataclasses import asdict, dataclass, replace
 
 import lightning as L
 import torch
 from torch import Tensor
 
 from lit_hspace.ddim import DDIM, Latent
-from lit_hspace.directions import DirectionSet, DiscoveryKey, pixel_digest
+from lit_hspace.directions import DirectionSet, DiscoveryKey, canonical, pixel_digest
 from lit_hspace.discovery import check_grad_mode, discover
 from lit_hspace.editing import Editor, ImageEdits
 from lit_hspace.hspace import HSpaceUNet
@@ -25,6 +26,23 @@ from lit_hspace.metrics import EditMetrics, EditScores
 from lit_hspace.regions import Region, region_masks, resolve_regions
 from lit_hspace.settings import DiffusionSettings, DiscoverySettings, EditSettings
 from lit_hspace.store import DirectionStore, made_from_same_latent
+
+
+@dataclass
+class ImageItem:
+    """One image of a batch: an input image (C, H, W) in [-1, 1], or a seed; the generator's factors where known."""
+
+    id: str
+    image: Tensor | None
+    seed: int | None
+    factors: Tensor | None
+
+
+def batch_items(batch: dict) -> list[ImageItem]:
+    def column(name: str) -> list:
+        return list(batch[name]) if name in batch else [None] * len(batch["id"])
+
+    return [ImageItem(*fields) for fields in zip(batch["id"], column("image"), column("seed"), column("factors"))]
 
 
 @dataclass
@@ -94,15 +112,21 @@ class HSpaceEditor(L.LightningModule):
         return DiscoveryKey.of(self.hspace, self.t, self.ddim.num_steps, latent, self.method.name, self.method.params(),
                                regions, self.discovery.seed, image_id, content)
 
-    def latent(self, image: Tensor | None, seed: int | None) -> Latent:
-        """An input image (C, H, W) inverted to the edit timestep (or to T, then sampled back), or a seed's x_T sampled down to it."""
-        if image is None:
-            x_T = torch.randn(self.hspace.image_shape, generator=torch.Generator().manual_seed(int(seed)))[None]
+    def pooled_key(self, items: list[ImageItem]) -> DiscoveryKey:
+        """The key of one set for all these images: named after the first, with a digest of every image's key."""
+        keys = [self.key(item.id, item.image) for item in items]
+        content = hashlib.sha256(canonical([[k.image, k.content] for k in keys]).encode()).hexdigest()[:16]
+        return replace(keys[0], image=f"{items[0].id}+{len(items) - 1}", content=content)
+
+    def latent(self, item: ImageItem) -> Latent:
+        """An input image inverted to the edit timestep (or to T, then sampled back), or a seed's x_T sampled down to it."""
+        if item.image is None:
+            x_T = torch.randn(self.hspace.image_shape, generator=torch.Generator().manual_seed(int(item.seed)))[None]
             return self.ddim.latent_from_noise(x_T.to(self.device), self.t)
         inversion = self.diffusion.inversion
         if self.diffusion.invert_to == "t":
-            return self.ddim.invert(image[None], stop=self.t, inversion=inversion)
-        return self.ddim.descend(self.ddim.invert(image[None], inversion=inversion), self.t)
+            return self.ddim.invert(item.image[None], stop=self.t, inversion=inversion)
+        return self.ddim.descend(self.ddim.invert(item.image[None], inversion=inversion), self.t)
 
     def manifest(self, stage: str, from_images: bool) -> RunManifest:
         """The settings that decide this run's results, for its run.json."""
@@ -121,25 +145,18 @@ class HSpaceEditor(L.LightningModule):
         self.earlier_runs = RunLayout(self.trainer.log_dir or ".").siblings()  # a collective under DDP: read once, on every rank
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[DirectionSet]:
-        found = []
-        for i, image_id in enumerate(batch["id"]):
-            image, seed = (batch["image"][i], None) if "image" in batch else (None, batch["seed"][i])
-            found.append(discover(self.hspace, self.method, self.regions, self.masks, self.latent(image, seed).x,
-                                  self.key(image_id, image), self.discovery.chunk_size))
-        return found
+        items = batch_items(batch)
+        if self.discovery.pool:
+            return [self.discover([self.latent(item) for item in items], self.pooled_key(items))]
+        return [self.discover([self.latent(item)], self.key(item.id, item.image)) for item in items]
 
     def test_step(self, batch: dict, batch_idx: int) -> list[ImageResult]:
         results = []
-        for i, image_id in enumerate(batch["id"]):
-            image, seed = (batch["image"][i], None) if "image" in batch else (None, batch["seed"][i])
-            key = self.key(image_id, image)
-            dset = self.store.find(key, self.earlier_runs)
-            reusable = dset is not None and made_from_same_latent(dset, key) and self.diffusion.inversion.method != "ddpm"
-            latent = Latent(dset.x_t.to(self.device), self.t, clip=image is None and self.ddim.clip_seeds) if reusable else self.latent(image, seed)
-            new_set = None if dset is not None else discover(self.hspace, self.method, self.regions, self.masks, latent.x, key, self.discovery.chunk_size)
-            edits = self.editor.edit(image_id, latent, dset or new_set, image)
-            scores = self.metrics(edits, batch["factors"][i] if "factors" in batch else None)
-            if new_set is not None and self.metrics.factors is not None:
+        items = batch_items(batch)
+        for item, (dset, latent, new_set) in zip(items, self.direction_sets(items)):
+            edits = self.editor.edit(item.id, latent, dset, item.image)
+            scores = self.metrics(edits, item.factors)
+            if new_set is not None and self.metrics.factors is not None and not self.discovery.pool:
                 new_set, edits = self.named_after_factors(new_set, edits, scores)
             results.append(ImageResult(edits, scores, new_set))
         self.log_dict(self.metrics.means, on_step=False, on_epoch=True, batch_size=1)
@@ -150,6 +167,29 @@ class HSpaceEditor(L.LightningModule):
         if "factors" in batch and self.metrics.factors is not None:
             self.log("test/probe_start_error", self.metrics.probe_start_error, on_step=False, on_epoch=True, batch_size=1)
         return results
+
+    def discover(self, latents: list[Latent], key: DiscoveryKey) -> DirectionSet:
+        x_t = torch.cat([latent.x for latent in latents])
+        return discover(self.hspace, self.method, self.regions, self.masks, x_t, key, self.discovery.chunk_size)
+
+    def direction_sets(self, items: list[ImageItem]) -> list[tuple[DirectionSet, Latent, DirectionSet | None]]:
+        """Per image: the set to edit it with, its latent, and the set if discovered here (to be stored, once)."""
+        if self.discovery.pool:
+            key, latents = self.pooled_key(items), [self.latent(item) for item in items]
+            stored = self.store.find(key, self.earlier_runs)
+            new_set = None if stored is not None else self.discover(latents, key)
+            return [(stored or new_set, latent, new_set if i == 0 else None) for i, latent in enumerate(latents)]
+        found = []
+        for item in items:
+            key = self.key(item.id, item.image)
+            stored = self.store.find(key, self.earlier_runs)
+            if stored is not None and made_from_same_latent(stored, key) and self.diffusion.inversion.method != "ddpm":
+                latent = Latent(stored.x_t.to(self.device), self.t, clip=item.image is None and self.ddim.clip_seeds)
+            else:
+                latent = self.latent(item)
+            new_set = None if stored is not None else self.discover([latent], key)
+            found.append((stored or new_set, latent, new_set))
+        return found
 
     def named_after_factors(self, dset: DirectionSet, edits: ImageEdits, scores: EditScores) -> tuple[DirectionSet, ImageEdits]:
         """A discovered set of the synthetic faces, its edited directions named after the factor each moves most."""

@@ -87,11 +87,15 @@ class DiscoverySettings:
         directions: a direction set file (applied to every image), or a folder of them (`<image id>.safetensors`),
             to edit with instead of discovering. By default, sets that earlier runs of this experiment stored for
             the same settings are reused, and missing ones are discovered.
+        pool: one direction set for all images of a batch (`data.batch_size` of them), from their Jacobians'
+            operators summed (J^T M J = sum_i J_i^T M J_i), so that the directions serve a set of images, not one;
+            each image of the batch is edited with it. Stored as `<first image id>+<others>.safetensors`.
     """
 
     seed: int = 0
     chunk_size: int | None = None
     directions: str | None = None
+    pool: bool = False
 
     def __post_init__(self) -> None:
         if self.chunk_size is not None and self.chunk_size < 1:
