@@ -7,7 +7,7 @@ from torch import Tensor
 
 from lit_hspace.directions import DirectionSet, DiscoveryKey
 from lit_hspace.hspace import HSpaceUNet
-from lit_hspace.jacobian import JacobianOperator
+from lit_hspace.jacobian import JacobianOperator, is_out_of_memory
 from lit_hspace.methods import DiscoveryMethod
 from lit_hspace.regions import Region
 
@@ -32,17 +32,16 @@ def discover(
     check_grad_mode()
     with torch.enable_grad():
         jacs = [JacobianOperator.of_decoder(model, model.encode(x, key.t), chunk_size) for x in x_t.split(1)]
-        jac = jacs[0]
         try:
-            found = method.discover(jac if len(jacs) == 1 else jacs, regions, masks, torch.Generator().manual_seed(key.seed))
+            found = method.discover(jacs[0] if len(jacs) == 1 else jacs, regions, masks, torch.Generator().manual_seed(key.seed))
         except (torch.OutOfMemoryError, RuntimeError) as err:
-            if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err):
+            if not is_out_of_memory(err):
                 raise
-            advice = (
-                f"lower model.init_args.discovery.chunk_size (now {jac.chunk_size}); memory grows linearly with it"
-                if jac.chunk_size > 1 else "even one direction per product does not fit: use a device with more memory"
-            )
-            raise MemoryError(f"the Jacobian products do not fit in memory on {x_t.device}: {advice}") from err
+            # The operator halves its chunk on an out-of-memory and retries; it gives up only at one row.
+            raise MemoryError(
+                f"the Jacobian products do not fit in memory on {x_t.device}: even one direction per product does not "
+                "fit: use a device with more memory"
+            ) from err
     vectors = found.vectors.reshape(-1, *model.h_shape)
     meta = {"model": model.name, **key.to_meta(), "convergence": found.info}
     return DirectionSet(vectors, found.values, found.labels, x_t.detach(), meta)

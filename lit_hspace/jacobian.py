@@ -35,7 +35,7 @@ def auto_chunk_rows(free_bytes: int, per_row_bytes: int, headroom: float = 0.8) 
     return max(1, int(free_bytes * headroom) // max(per_row_bytes, 1))
 
 
-def _is_out_of_memory(err: Exception) -> bool:
+def is_out_of_memory(err: Exception) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
 
 
@@ -125,7 +125,7 @@ class JacobianOperator:
                 self.products += len(x)
                 return torch.cat(out)
             except (torch.OutOfMemoryError, RuntimeError) as err:
-                if not _is_out_of_memory(err) or size == 1:
+                if not is_out_of_memory(err) or size == 1:
                     raise
                 out, op = None, None
                 self._linear.clear()

@@ -37,10 +37,6 @@ class RunLayout:
         return self.root / MANIFEST
 
     @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
     def edits_csv(self) -> Path:
         return self.root / "edits.csv"
 

@@ -32,10 +32,6 @@ class DirectionStore:
         if not self.given:
             raise FileNotFoundError(f"direction set folder '{given}' holds no .safetensors files")
 
-    @property
-    def has_given(self) -> bool:
-        return bool(self.given)
-
     def find(self, key: DiscoveryKey, earlier: list[RunLayout]) -> DirectionSet | None:
         """A given set for this image, or the newest stored set of an earlier run with an equal key."""
         if self.one_for_all:
