@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lit_hspace.cache import DiscoveryCache, tensor_digest
 from lit_hspace.directions import DirectionSet, DiscoveryKey
 from lit_hspace.hspace import HSpaceUNet
 from lit_hspace.jacobian import JacobianOperator, is_out_of_memory
@@ -25,15 +26,21 @@ def discover(
     x_t: Tensor,
     key: DiscoveryKey,
     chunk_size: int | None = None,
+    cache: DiscoveryCache | None = None,
 ) -> DirectionSet:
     """The direction set of x_t (1, C, H, W) at timestep key.t, or one set of several images' latents (B, C, H, W):
-    the directions of their operators summed, J^T M J = sum_i J_i^T M J_i. Its metadata records the key and the
-    model's name."""
+    the directions of their operators summed, J^T M J = sum_i J_i^T M J_i. Its metadata records the key, the
+    model's name, and how many of its solves the cache held."""
     check_grad_mode()
+    cache = cache or DiscoveryCache(None)
+    before = (cache.counts.hits, cache.counts.computed)
+    # The operator is decided by the model's weights and the point x_t, t where it is taken (and the arithmetic).
+    operator = {"model": model.fingerprint, "x_t": tensor_digest(x_t), "t": key.t, "dtype": str(x_t.dtype), "device": x_t.device.type}
     with torch.enable_grad():
         jacs = [JacobianOperator.of_decoder(model, model.encode(x, key.t), chunk_size) for x in x_t.split(1)]
         try:
-            found = method.discover(jacs[0] if len(jacs) == 1 else jacs, regions, masks, torch.Generator().manual_seed(key.seed))
+            found = method.discover(jacs[0] if len(jacs) == 1 else jacs, regions, masks, torch.Generator().manual_seed(key.seed),
+                                    cache.solves(operator, x_t.device))
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not is_out_of_memory(err):
                 raise
@@ -43,5 +50,6 @@ def discover(
                 "fit: use a device with more memory"
             ) from err
     vectors = found.vectors.reshape(-1, *model.h_shape)
-    meta = {"model": model.name, **key.to_meta(), "convergence": found.info}
+    solves = {"solves_cached": cache.counts.hits - before[0], "solves_computed": cache.counts.computed - before[1]}
+    meta = {"model": model.name, **key.to_meta(), "convergence": found.info | solves}
     return DirectionSet(vectors, found.values, found.labels, x_t.detach(), meta)

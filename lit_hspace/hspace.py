@@ -7,6 +7,7 @@ run the part after h (up path and output head).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -144,13 +145,16 @@ class HSpaceUNet(nn.Module):
         model.name = repo_id
         return model
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """A short hash of the architecture and a few weights: tells checkpoints apart cheaply."""
+        """A short hash of the architecture, the noise schedule and every weight (computed once: the UNet is
+        frozen). Stored sets and the discovery cache trust it: a checkpoint fine-tuned in any layer gets another."""
         config = {k: v for k, v in self.unet.config.items() if not k.startswith("_")}
+        config["scheduler"] = {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-        for tensor in (self.unet.conv_in.weight, self.unet.conv_out.weight, self.unet.conv_out.bias):
-            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        for name, tensor in self.unet.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:16]
 
     def encode(self, sample: Tensor, timestep: int | Tensor) -> Encoded:

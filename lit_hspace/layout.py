@@ -10,6 +10,7 @@
         grids/<image>.png                   rows: directions; columns: input, reconstruction, strengths
         edits.csv                           one row per edit
         metrics.json                        the means over all edits with a non-zero strength
+    runs/cache/                             the discovery cache the experiments share (lit_hspace.cache)
 
 This module is the only place that knows these names.
 """
@@ -68,6 +69,11 @@ class RunLayout:
 
     def grid(self, image_id: str) -> Path:
         return self.root / "grids" / f"{image_id}.png"
+
+    @property
+    def shared_cache(self) -> Path:
+        """The discovery cache beside the experiments: runs/cache for runs/<experiment>/version_<n>."""
+        return self.root.parent.parent / "cache"
 
     def siblings(self) -> list[RunLayout]:
         """Other runs of the same experiment (runs/<experiment>/*), newest first."""

@@ -7,16 +7,17 @@ direction set from the summed operators sum_i J_i^T M J_i.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
 
-from lit_hspace.jacobian import JacobianOperator, StackedJacobian, as_operator, subspace_iteration
+from lit_hspace.jacobian import JacobianOperator, StackedJacobian, TruncatedSVD, as_operator, subspace_iteration
 from lit_hspace.jive import check_ranks, jive
 from lit_hspace.regions import Region
-from lit_hspace.solvers import block_svd, jacobian_pencil, lobpcg
+from lit_hspace.solvers import block_svd, generalized_svd
 
 SOLVERS = ("lobpcg", "subspace")
 Solver = Literal["lobpcg", "subspace"]
@@ -31,6 +32,22 @@ class Directions:
     labels: list[str]  # region name, "joint" (JIVE) or "global" (unmasked Haas)
     info: dict[str, Any] = field(default_factory=dict)  # convergence facts, JSON-serialisable
     projected_out: Tensor | None = None  # (p, n) RBE: the outside directions the search excluded
+
+
+class Solves(Protocol):
+    """How a method's subspace solves are carried out: `compute()` is the solve that `what` (its settings) and
+    `inputs` (masks, projections, shifts) describe, starting from `generator`'s state. A cache
+    (`lit_hspace.cache.CachedSolves`) returns a stored result for an equal description instead."""
+
+    def __call__(
+        self, what: dict[str, Any], inputs: dict[str, Tensor | None], generator: torch.Generator,
+        compute: Callable[[], TruncatedSVD],
+    ) -> TruncatedSVD: ...
+
+
+def compute(what, inputs, generator, compute: Callable[[], TruncatedSVD]) -> TruncatedSVD:
+    """Solves without a cache: every solve is computed."""
+    return compute()
 
 
 def union(masks: Tensor) -> Tensor:
@@ -83,10 +100,14 @@ class DiscoveryMethod(ABC):
                         "covers the whole image; give a smaller box"
                     )
 
-    def _iterate(self, jac, k: int, masks: Tensor | None, generator, **kwargs):
+    def _iterate(
+        self, jac, k: int, masks: Tensor | None, generator: torch.Generator, solves: Solves, project_out: Tensor | None = None
+    ) -> TruncatedSVD:
         solve = block_svd if self.solver == "lobpcg" else subspace_iteration
-        settings = dict(tol=self.tol, max_iter=self.max_iter, generator=generator, oversample=self.oversample)
-        return solve(as_operator(jac), k, masks, **settings, **kwargs)
+        settings = dict(tol=self.tol, max_iter=self.max_iter, oversample=self.oversample)
+        what = {"kind": "svd", "solver": self.solver, "k": k, **settings}
+        return solves(what, {"masks": masks, "project_out": project_out}, generator,
+                      lambda: solve(as_operator(jac), k, masks, project_out=project_out, generator=generator, **settings))
 
     @abstractmethod
     def discover(
@@ -95,8 +116,10 @@ class DiscoveryMethod(ABC):
         regions: list[Region],
         masks: Tensor,
         generator: torch.Generator,
+        solves: Solves = compute,
     ) -> Directions:
-        """masks: (N, 1, H, W), one per region, at the output resolution."""
+        """masks: (N, 1, H, W), one per region, at the output resolution; `solves` carries out the subspace
+        solves (by default each is computed; `lit_hspace.cache` reuses stored ones)."""
 
 
 def convergence(svd, prefix: str = "") -> dict[str, Any]:
@@ -123,9 +146,9 @@ class Haas(DiscoveryMethod):
     def params(self) -> dict[str, Any]:
         return {**super().params(), "masked": self.masked}
 
-    def discover(self, jac, regions, masks, generator) -> Directions:
+    def discover(self, jac, regions, masks, generator, solves: Solves = compute) -> Directions:
         masked = self.masked and bool(regions)
-        svd = self._iterate(jac, self.k, union(masks) if masked else None, generator)
+        svd = self._iterate(jac, self.k, union(masks) if masked else None, generator, solves)
         label = "+".join(r.name for r in regions) if masked else "global"
         return Directions(svd.vectors[0], svd.values[0], [label] * self.k, convergence(svd))
 
@@ -165,8 +188,8 @@ class JIVE(DiscoveryMethod):
         super().check(regions, masks, h_dim)
         check_ranks([self.k] * len(regions), self.rank_joint, self.rank_individual)
 
-    def discover(self, jac, regions, masks, generator) -> Directions:
-        svd = self._iterate(jac, self.k, masks, generator)  # all regions in one batched iteration
+    def discover(self, jac, regions, masks, generator, solves: Solves = compute) -> Directions:
+        svd = self._iterate(jac, self.k, masks, generator, solves)  # all regions in one batched iteration
         result = jive(
             [s[:, None] * v for s, v in zip(svd.values, svd.vectors)],
             self.rank_joint,
@@ -210,11 +233,11 @@ class RBE(DiscoveryMethod):
         if union(masks).all():
             raise ValueError("RBE needs an outside, but the regions together cover the whole image")
 
-    def discover(self, jac, regions, masks, generator) -> Directions:
+    def discover(self, jac, regions, masks, generator, solves: Solves = compute) -> Directions:
         inside = union(masks)
-        outside = self._iterate(jac, self.n_outside, 1 - inside, generator) if self.n_outside else None
+        outside = self._iterate(jac, self.n_outside, 1 - inside, generator, solves) if self.n_outside else None
         outside_vectors = outside.vectors[0] if outside else None
-        svd = self._iterate(jac, self.k, inside, generator, project_out=outside_vectors)
+        svd = self._iterate(jac, self.k, inside, generator, solves, outside_vectors)
         info = {**convergence(svd), **(convergence(outside, "outside_") if outside else {})}
         label = "+".join(r.name for r in regions)
         return Directions(svd.vectors[0], svd.values[0], [label] * self.k, info, outside_vectors)
@@ -249,24 +272,22 @@ class Rayleigh(DiscoveryMethod):
     def params(self) -> dict[str, Any]:
         return {**super().params(), "rel_lambda": self.rel_lambda}
 
-    def discover(self, jac, regions, masks, generator) -> Directions:
+    def discover(self, jac, regions, masks, generator, solves: Solves = compute) -> Directions:
         jac = as_operator(jac)
         inside = masks.to(jac.h0)
-        outside_top = block_svd(jac, 1, 1 - inside, tol=1e-2, max_iter=20, generator=generator, oversample=3)
+        top = {"kind": "svd", "solver": "lobpcg", "k": 1, "tol": 1e-2, "max_iter": 20, "oversample": 3}
+        outside_top = solves(top, {"masks": 1 - inside, "project_out": None}, generator, lambda: block_svd(
+            jac, 1, 1 - inside, tol=1e-2, max_iter=20, generator=generator, oversample=3))
         lam = self.rel_lambda * outside_top.values[:, 0].double() ** 2
-        before = jac.products
-        found = lobpcg(
-            jacobian_pencil(jac, inside, 1 - inside, lam), jac.dim, len(inside), self.k, self.k + self.oversample,
-            tol=self.tol, max_iter=self.max_iter, generator=generator, device=jac.h0.device,
-        )
+        settings = dict(k=self.k, width=self.k + self.oversample, tol=self.tol, max_iter=self.max_iter)
+        found = solves({"kind": "generalized", **settings}, {"inside": inside, "shift": lam}, generator,
+                       lambda: generalized_svd(jac, inside, 1 - inside, lam, generator=generator, **settings))
         info = {
-            "iterations": found.iterations, "movement": found.movement, "residual": found.residual,
-            "products": jac.products - before, "outside_top_singular_value": outside_top.values[:, 0].tolist(),
+            **convergence(found), "outside_top_singular_value": outside_top.values[:, 0].tolist(),
             "lambda": lam.tolist(), "outside_products": outside_top.products,
         }
         labels = [r.name for r in regions for _ in range(self.k)]
-        vectors = found.vectors.reshape(-1, jac.dim).to(jac.h0.dtype)
-        return Directions(vectors, found.values.clamp(min=0).sqrt().flatten().to(jac.h0.dtype), labels, info)
+        return Directions(found.vectors.reshape(-1, jac.dim), found.values.flatten(), labels, info)
 
 
 METHODS = {cls.name: cls for cls in (Haas, JIVE, RBE, Rayleigh)}

@@ -10,11 +10,13 @@ import json
 import math
 import hashlib
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import lightning as L
 import torch
 from torch import Tensor
 
+from lit_hspace.cache import DiscoveryCache
 from lit_hspace.ddim import DDIM, Latent
 from lit_hspace.directions import DirectionSet, DiscoveryKey, canonical, pixel_digest
 from lit_hspace.discovery import check_grad_mode, discover
@@ -25,7 +27,7 @@ from lit_hspace.methods import RBE, DiscoveryMethod
 from lit_hspace.metrics import EditMetrics, EditScores
 from lit_hspace.regions import Region, region_masks, resolve_regions
 from lit_hspace.settings import DiffusionSettings, DiscoverySettings, EditSettings
-from lit_hspace.store import DirectionStore, made_from_same_latent
+from lit_hspace.store import DirectionStore
 
 
 @dataclass
@@ -94,6 +96,7 @@ class HSpaceEditor(L.LightningModule):
         self.editor = Editor(self.ddim, self.regions, self.masks, edit)
         self.metrics = EditMetrics(list(metrics) if metrics is not None else ["mse"], self.image_size, [r.name for r in self.regions])
         self.store = DirectionStore(discovery.directions, self.hspace, edit.names)
+        self.cache = DiscoveryCache(discovery.cache if isinstance(discovery.cache, str) else None)  # beside the runs: once a trainer has them
 
     def configure_callbacks(self):
         from lit_hspace.callbacks import RunWriter
@@ -119,7 +122,14 @@ class HSpaceEditor(L.LightningModule):
         return replace(keys[0], image=f"{items[0].id}+{len(items) - 1}", content=content)
 
     def latent(self, item: ImageItem) -> Latent:
-        """An input image inverted to the edit timestep (or to T, then sampled back), or a seed's x_T sampled down to it."""
+        """An input image inverted to the edit timestep (or to T, then sampled back), or a seed's x_T sampled down
+        to it; from the discovery cache where an earlier run reached the same latent."""
+        source = {"seed": int(item.seed)} if item.image is None else {"pixels": pixel_digest(item.image), "how": canonical_latent(self.diffusion)}
+        key = {"model": self.hspace.fingerprint, **source, "t": self.t, "num_steps": self.ddim.num_steps,
+               "dtype": str(self.hspace.unet.dtype), "device": self.device.type}
+        return self.cache.latent(key, lambda: self.compute_latent(item), self.device)
+
+    def compute_latent(self, item: ImageItem) -> Latent:
         if item.image is None:
             x_T = torch.randn(self.hspace.image_shape, generator=torch.Generator().manual_seed(int(item.seed)))[None]
             return self.ddim.latent_from_noise(x_T.to(self.device), self.t)
@@ -142,7 +152,17 @@ class HSpaceEditor(L.LightningModule):
             count = sum(len(d.dataset) for d in (loaders if isinstance(loaders, (list, tuple)) else [loaders]))
             if count < 2:
                 raise ValueError(f"the fid metric compares two sets of images and needs at least 2 images; the data has {count}")
-        self.earlier_runs = RunLayout(self.trainer.log_dir or ".").siblings()  # a collective under DDP: read once, on every rank
+        self.open_run()
+
+    def on_predict_start(self) -> None:
+        self.open_run()
+
+    def open_run(self) -> None:
+        """Read what earlier runs left: their direction sets, and the discovery cache beside them."""
+        layout = RunLayout(self.trainer.log_dir or ".")  # a collective under DDP: read once, on every rank
+        self.earlier_runs = layout.siblings()
+        if self.discovery.cache is True:
+            self.cache = DiscoveryCache(layout.shared_cache if self.trainer.loggers else Path(self.trainer.default_root_dir) / "cache")
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[DirectionSet]:
         items = batch_items(batch)
@@ -170,7 +190,7 @@ class HSpaceEditor(L.LightningModule):
 
     def discover(self, latents: list[Latent], key: DiscoveryKey) -> DirectionSet:
         x_t = torch.cat([latent.x for latent in latents])
-        return discover(self.hspace, self.method, self.regions, self.masks, x_t, key, self.discovery.chunk_size)
+        return discover(self.hspace, self.method, self.regions, self.masks, x_t, key, self.discovery.chunk_size, self.cache)
 
     def direction_sets(self, items: list[ImageItem]) -> list[tuple[DirectionSet, Latent, DirectionSet | None]]:
         """Per image: the set to edit it with, its latent, and the set if discovered here (to be stored, once)."""
@@ -183,10 +203,7 @@ class HSpaceEditor(L.LightningModule):
         for item in items:
             key = self.key(item.id, item.image)
             stored = self.store.find(key, self.earlier_runs)
-            if stored is not None and made_from_same_latent(stored, key) and self.diffusion.inversion.method != "ddpm":
-                latent = Latent(stored.x_t.to(self.device), self.t, clip=item.image is None and self.ddim.clip_seeds)
-            else:
-                latent = self.latent(item)
+            latent = self.latent(item)
             new_set = None if stored is not None else self.discover([latent], key)
             found.append((stored or new_set, latent, new_set))
         return found

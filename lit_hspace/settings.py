@@ -87,6 +87,11 @@ class DiscoverySettings:
         directions: a direction set file (applied to every image), or a folder of them (`<image id>.safetensors`),
             to edit with instead of discovering. By default, sets that earlier runs of this experiment stored for
             the same settings are reused, and missing ones are discovered.
+        cache: the discovery cache (`lit_hspace.cache`): latents and converged subspace solves, keyed by everything
+            that decides them and reused by later runs and sweep agents (a rank sweep reruns only JIVE's last
+            step; a strength sweep only edits). true: `cache/` beside the experiments (runs/cache for
+            runs/<experiment>/version_<n>), shared by every experiment logged there; a folder: that folder;
+            false: off.
         pool: one direction set for all images of a batch (`data.batch_size` of them), from their Jacobians'
             operators summed (J^T M J = sum_i J_i^T M J_i), so that the directions serve a set of images, not one;
             each image of the batch is edited with it. Stored as `<first image id>+<others>.safetensors`.
@@ -95,6 +100,7 @@ class DiscoverySettings:
     seed: int = 0
     chunk_size: int | None = None
     directions: str | None = None
+    cache: bool | str = True
     pool: bool = False
 
     def __post_init__(self) -> None:

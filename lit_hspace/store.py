@@ -46,10 +46,3 @@ class DirectionStore:
                     return stored
         return None
 
-
-def made_from_same_latent(dset: DirectionSet, key: DiscoveryKey) -> bool:
-    """Whether the set's stored x_t is this image's latent, so that it need not be computed again: the set
-    was discovered on this image, reached by the same inversion (or seed) and schedule, of the same model."""
-    found = dset.key
-    same = ("image", "content", "latent", "t", "num_steps", "model_fingerprint")
-    return found is not None and all(getattr(found, f) == getattr(key, f) for f in same)
