@@ -6,7 +6,9 @@ strengths, and is scored by the factor probe against the known factors. The imag
 model's samples (`--source seeds`, seeds 0 .. N-1):
 
 - locality: directions discovered on each image and applied to it;
-- transfer: directions discovered once, on a reference image (number --reference), applied to all N images.
+- transfer: directions discovered once, on a reference image (number --reference), or on a set of images
+  (--pool-sizes: images reference .. reference + size - 1, their operators summed, `discovery.pool`), named after
+  the factor each moves most on those images, then applied to --transfer-images unseen images.
 
 Tables average the per-edit rows of each run's edits.csv over images, the first `edit.per_group`
 directions and every non-zero strength.
@@ -37,23 +39,26 @@ FIRST_FACE = 40_000_000  # dataset faces: synth_face(FIRST_FACE + i), outside th
 REGION_FACTORS = {region: [f.name for f in FACTORS if f.region == region] for region in {f.region for f in FACTORS}}
 
 
-def data_source(source: str, seeds: list[int]) -> str:
+def data_source(source: str, seeds: list[int], batch_size: int = 1) -> str:
     """The run's data: seeds (samples of the model) or dataset faces (the generator's faces with their factors, inverted)."""
     if source == "seeds":
-        return "--data=" + json.dumps({"class_path": "lit_hspace.data.HSpaceData", "init_args": {"seeds": seeds}})
+        return "--data=" + json.dumps({"class_path": "lit_hspace.data.HSpaceData", "init_args": {"seeds": seeds, "batch_size": batch_size}})
     first = FIRST_FACE + seeds[0]  # seeds here are always a range: faces first .. first + len - 1
-    return "--data=" + json.dumps({"class_path": "lit_hspace.synth.data.DatasetFaces", "init_args": {"num_images": len(seeds), "first_seed": first}})
+    init = {"num_images": len(seeds), "first_seed": first, "batch_size": batch_size}
+    return "--data=" + json.dumps({"class_path": "lit_hspace.synth.data.DatasetFaces", "init_args": init})
 
 
-def run(command: str, method: str, seeds: list[int], strengths: list[float], save_dir: Path, *extra: str, source: str = "seeds") -> Path:
+def run(command: str, method: str, seeds: list[int], strengths: list[float], save_dir: Path, *extra: str, source: str = "seeds",
+        batch_size: int = 1, region: str = "mouth") -> Path:
     """One CLI run of the method's config on seeds or on dataset faces (numbered like seeds); returns its run directory."""
     name = f"{method}_{command}_{len(list(save_dir.glob('*')))}"
     cli([
         command, "--config", str(CONFIGS / f"{method}_mouth.yaml"),
-        data_source(source, seeds),
+        data_source(source, seeds, batch_size),
         f"--model.init_args.edit.strengths={strengths}",
-        "--trainer.logger=" + json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(save_dir), "name": name}}),
+        "--trainer.logger=" + json.dumps({"class_path": "lit_hspace.tracking.RunLogger", "init_args": {"save_dir": str(save_dir), "name": name}}),
         "--trainer.enable_progress_bar=false",
+        f"--model.init_args.regions=[{region}]",
         *extra,
     ])
     return save_dir / name / "version_0"
@@ -89,6 +94,19 @@ def locality(rows: list[dict]) -> dict[str, float]:
     }
 
 
+def top_factor(rows: list[dict]) -> str:
+    """The factor these edits move most, on average."""
+    return max((f.name for f in FACTORS), key=lambda n: mean(abs(float(r[f"d_{n}"])) for r in rows))
+
+
+def names_by_top_factor(rows: list[dict]) -> dict[str, str]:
+    """Each edited direction named after the factor it moves most over all these rows (images and strengths)."""
+    by_direction = defaultdict(list)
+    for row in rows:
+        by_direction[row["direction"]].append(row)
+    return {direction: top_factor(rs) for direction, rs in by_direction.items()}
+
+
 def consistency(rows: list[dict], reference_names: dict[str, str]) -> dict[str, dict[str, float | str]]:
     """Per direction: mean and spread over images of its per-image mean changes, and how often the factor it
     moves most is the one it was named after on the reference image."""
@@ -100,15 +118,16 @@ def consistency(rows: list[dict], reference_names: dict[str, str]) -> dict[str, 
         target = [mean(float(r["factor_target"]) for r in rs) for rs in images.values()]
         off = [mean(float(r["factor_off_target"]) for r in rs) for rs in images.values()]
         name = reference_names.get(direction, "")
-        top = [max((f.name for f in FACTORS), key=lambda n: mean(abs(float(r[f"d_{n}"])) for r in rs)) for rs in images.values()]
+        top = [top_factor(rs) for rs in images.values()]
+        same = sum(t == re.sub(r"_\d+$", "", name) for t in top)  # "smile_3": a second smile direction
         table[direction] = {
             "named on the reference": name,
             "images": len(images),
+            "moves its named factor most": f"{same}/{len(images)}",
             "target change, mean": statistics.fmean(target),
             "target change, sd": statistics.stdev(target) if len(target) > 1 else 0.0,
             "off-target change, mean": statistics.fmean(off),
             "off-target change, sd": statistics.stdev(off) if len(off) > 1 else 0.0,
-            "same top factor": mean(t == re.sub(r"_\d+$", "", name) for t in top),  # "smile_3": a second smile direction
         }
     return table
 
@@ -126,7 +145,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=["haas", "jive", "rbe"])
     parser.add_argument("--num-images", type=int, default=8)
-    parser.add_argument("--reference", type=int, default=1000, help="seed of the reference image for transfer")
+    parser.add_argument("--reference", type=int, default=1000, help="number of the first reference image for transfer")
+    parser.add_argument("--pool-sizes", type=int, nargs="+", default=[1],
+                        help="transfer from sets of this many images (reference .. reference + size - 1; 1: one image)")
+    parser.add_argument("--transfer-images", type=int, default=None, help="unseen images the transfer is measured on (default: --num-images)")
+    parser.add_argument("--skip-locality", action="store_true", help="measure transfer only")
+    parser.add_argument("--region", default="mouth", help="the region (of the synth preset) the directions are found for")
     parser.add_argument("--strengths", type=float, nargs="+", default=[-50, -25, 25, 50])
     parser.add_argument("--source", choices=["seeds", "faces"], default="faces",
                         help="faces: the generator's faces with known factors, inverted (default); seeds: the model's samples")
@@ -134,48 +158,60 @@ def main() -> None:
     args = parser.parse_args()
 
     seeds = list(range(args.num_images))
+    unseen = list(range(args.transfer_images or args.num_images))
     overall, by_strength, transfer, seconds = {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
-            start = time.perf_counter()
-            rows = moved_rows(run("test", method, seeds, args.strengths, Path(tmp), source=args.source))
-            seconds[method] = time.perf_counter() - start
-            overall[method] = locality(rows)
-            for strength in sorted({abs(float(r["strength"])) for r in rows}):
-                by_strength[f"{method}, abs(a) = {strength:g}"] = locality([r for r in rows if abs(float(r["strength"])) == strength])
+            if not args.skip_locality:
+                start = time.perf_counter()
+                rows = moved_rows(run("test", method, seeds, args.strengths, Path(tmp), source=args.source, region=args.region))
+                seconds[method] = time.perf_counter() - start
+                overall[method] = locality(rows)
+                for strength in sorted({abs(float(r["strength"])) for r in rows}):
+                    by_strength[f"{method}, abs(a) = {strength:g}"] = locality([r for r in rows if abs(float(r["strength"])) == strength])
 
-            # Transfer: discover on the reference (its test run names the directions by the factor probe), then edit all N.
-            reference_run = run("test", method, [args.reference], args.strengths, Path(tmp), source=args.source)
-            (artifact,) = (reference_run / "directions").glob("*.safetensors")
-            reference_names = {r["direction"]: r["name"] for r in moved_rows(reference_run)}
-            rows = moved_rows(run("test", method, seeds, args.strengths, Path(tmp), f"--model.init_args.discovery.directions={artifact}", source=args.source))
-            for direction, stats in consistency(rows, reference_names).items():
-                transfer[f"{method}, direction {direction}"] = stats
+            # Transfer: discover on the reference image(s), name each direction after the factor it moves most there,
+            # then edit the unseen images with the same set.
+            for size in args.pool_sizes:
+                references = list(range(args.reference, args.reference + size))
+                pooled = ("--model.init_args.discovery.pool=true",) if size > 1 else ()
+                reference_run = run("test", method, references, args.strengths, Path(tmp), *pooled, source=args.source, batch_size=size, region=args.region)
+                (artifact,) = (reference_run / "directions").glob("*.safetensors")
+                reference_names = names_by_top_factor(moved_rows(reference_run))
+                given = f"--model.init_args.discovery.directions={artifact}"
+                rows = moved_rows(run("test", method, unseen, args.strengths, Path(tmp), given, source=args.source, region=args.region))
+                for direction, stats in consistency(rows, reference_names).items():
+                    transfer[f"{method}, from {size} image{'s' if size > 1 else ''}, direction {direction}"] = stats
 
-    command = f"python benchmarks/locality.py --source {args.source} --num-images {args.num_images} --reference {args.reference} --strengths " + " ".join(
-        f"{s:g}" for s in args.strengths
-    )
+    command = (f"python benchmarks/locality.py --methods {' '.join(args.methods)} --source {args.source} --num-images {args.num_images} "
+               f"--region {args.region} --reference {args.reference} --pool-sizes {' '.join(map(str, args.pool_sizes))} --transfer-images {len(unseen)} "
+               f"--strengths {' '.join(f'{s:g}' for s in args.strengths)}" + (" --skip-locality" if args.skip_locality else ""))
     report = "\n\n".join([
-        "# Locality and transfer on the synthetic faces: mouth directions",
+        f"# Locality and transfer on the synthetic faces: {args.region} directions",
         f"`{command}` on {platform.machine()} ({torch.get_num_threads()} threads), torch {torch.__version__}. "
-        (f"{args.num_images} dataset faces (synth_face({FIRST_FACE} + i), i = 0 .. {args.num_images - 1}, inverted by the default "
+        + (f"{args.num_images} dataset faces (synth_face({FIRST_FACE} + i), i = 0 .. {args.num_images - 1}, inverted by the default "
          "fixed-point inversion; their factors are known, so each edit starts from a known point)" if args.source == "faces"
          else f"{args.num_images} samples (seeds 0 .. {args.num_images - 1})")
         + f", strengths {args.strengths}; each method's settings are "
-        "those of configs/synth/<method>_mouth.yaml. MSE on images in [0, 1] against the reconstruction; share inside = "
-        "the part of an edit's squared pixel change that falls inside the mouth box. Factor changes in normalised units "
-        "(a factor's whole range = 1), read by the factor probe: target = the largest change among the mouth's factors "
-        "(smile, mouth_open, lip_red), off-target = the mean change of the 10 other factors; mouth / eye factors = the "
-        "largest change among that region's factors.",
-        "## Locality: directions found on each image",
-        markdown(overall, "method"),
-        "By edit strength:",
-        markdown(by_strength, "method, strength"),
-        "Wall time (discovery and edits of all images): " + ", ".join(f"{m} {s:.0f} s" for m, s in seconds.items()),
-        f"## Transfer: directions found on one image (seed {args.reference}), applied to the {args.num_images} images",
-        "Per direction, over images: mean and standard deviation of the per-image mean change; same top factor = the "
-        "share of images where the factor the direction moves most is the one it was named after on the reference.",
-        markdown(transfer, "method, direction"),
+        f"those of configs/synth/<method>_mouth.yaml with regions [{args.region}]. MSE on images in [0, 1] against the "
+        f"reconstruction; share inside = the part of an edit's squared pixel change that falls inside the {args.region} box. "
+        "Factor changes in normalised units (a factor's whole range = 1), read by the factor probe: target = the largest "
+        f"change among the {args.region}'s factors ({', '.join(REGION_FACTORS[args.region])}), off-target = the mean change "
+        "of the other factors; mouth / eye factors = the largest change among that region's factors.",
+        *([] if args.skip_locality else [
+            "## Locality: directions found on each image",
+            markdown(overall, "method"),
+            "By edit strength:",
+            markdown(by_strength, "method, strength"),
+            "Wall time (discovery and edits of all images): " + ", ".join(f"{m} {s:.0f} s" for m, s in seconds.items()),
+        ]),
+        f"## Transfer: directions found on image {args.reference} or on images {args.reference} .. {args.reference} + size - 1, "
+        f"applied to {len(unseen)} unseen images (0 .. {len(unseen) - 1})",
+        "A set of several images is found from their operators summed (`discovery.pool`). Each direction is named after "
+        "the factor it moves most on the images it was found on (mean over them and the strengths). Per direction, over the "
+        "unseen images: how many of them it moves its named factor most on, and the mean and standard deviation of the "
+        "per-image mean change.",
+        markdown(transfer, "method, source, direction"),
     ])
     print(report)
     if args.out:

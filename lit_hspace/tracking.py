@@ -1,10 +1,10 @@
 """Weights & Biases tracking that never blocks a run: online where it can be, offline where it cannot.
 
-Configs list it after the CSVLogger, which keeps owning the run directory (runs/<experiment>/version_<n>/):
+Configs list it after the RunLogger, a CSVLogger that owns the run directory (runs/<experiment>/version_<n>/):
 
     trainer:
       logger:
-        - class_path: lightning.pytorch.loggers.CSVLogger
+        - class_path: lit_hspace.tracking.RunLogger
           init_args: {save_dir: runs, name: rbe_mouth}
         - class_path: lit_hspace.tracking.WandbTracker
           init_args: {project: lit_hspace}
@@ -20,8 +20,9 @@ import warnings
 from typing import Literal
 from urllib.parse import urlparse
 
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.cli import SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 PROBE_SECONDS = 3.0
 
@@ -88,6 +89,24 @@ class WandbTracker(WandbLogger):
             os.makedirs(save_dir, exist_ok=True)
         super().__init__(project=project, name=name, save_dir=save_dir, offline=mode == "offline", **kwargs)
         self.named_by_user = name is not None
+
+
+class RunLogger(CSVLogger):
+    """A CSVLogger whose next version_<n> directory is claimed by creating it (one atomic mkdir), so that sweep
+    agents started together on one machine each get a run of their own instead of sharing the first free number."""
+
+    def _get_next_version(self) -> int:
+        version = super()._get_next_version()
+        if rank_zero_only.rank != 0 or "://" in str(self._root_dir):
+            return version  # other DDP ranks take rank 0's directory (Trainer.log_dir broadcasts it); remote roots as before
+        root = os.path.join(self._root_dir, self.name)
+        os.makedirs(root, exist_ok=True)
+        while True:
+            try:
+                os.mkdir(os.path.join(root, f"version_{version}"))
+                return version
+            except FileExistsError:
+                version += 1
 
 
 def loggers_with(trainer, method: str) -> list:

@@ -79,7 +79,7 @@ def write_config(tmp_path, model_dir, method, data, regions=("mouth",), name="ex
         },
         "data": {"class_path": "lit_hspace.data.HSpaceData", "init_args": data},
         "trainer": {
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path / "runs"), "name": name}},
+            "logger": {"class_path": "lit_hspace.tracking.RunLogger", "init_args": {"save_dir": str(tmp_path / "runs"), "name": name}},
             "enable_progress_bar": False,
         },
     }

@@ -149,7 +149,7 @@ def short_synth_run(tmp_path, name: str, data: dict, strengths: list[float], per
     args["method"]["init_args"].update(k=k, n_outside=k, max_iter=3)
     config["data"] = data
     config["trainer"] = {
-        "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path), "name": name}},
+        "logger": {"class_path": "lit_hspace.tracking.RunLogger", "init_args": {"save_dir": str(tmp_path), "name": name}},
         "enable_progress_bar": False,
     }
     path = tmp_path / f"{name}.yaml"

@@ -94,3 +94,15 @@ def test_offline_run_logs_grids_table_and_config(no_wandb_env, tmp_path, tiny_mo
     rows = json.loads(table.read_text())
     assert rows["columns"][:5] == ["image", "direction", "label", "name", "strength"]
     assert len(rows["data"]) == 2 * 2 * 3  # images x directions x strengths
+
+
+def test_agents_started_together_each_get_their_own_run_directory(tmp_path):
+    """Parallel sweep agents on one machine: each RunLogger claims a version directory of its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lit_hspace.tracking import RunLogger
+
+    (tmp_path / "exp" / "version_0").mkdir(parents=True)  # an earlier run
+    with ThreadPoolExecutor(8) as pool:
+        dirs = list(pool.map(lambda _: RunLogger(str(tmp_path), name="exp").log_dir, range(8)))
+    assert sorted(dirs) == sorted(str(tmp_path / "exp" / f"version_{v}") for v in range(1, 9))

@@ -28,7 +28,7 @@ def fit_config(tmp_path, max_steps: int) -> str:
         "trainer": {
             "max_steps": max_steps,
             "enable_progress_bar": False,
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path / "runs"), "name": "train"}},
+            "logger": {"class_path": "lit_hspace.tracking.RunLogger", "init_args": {"save_dir": str(tmp_path / "runs"), "name": "train"}},
             "callbacks": [
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True, "every_n_train_steps": 1}},
                 {"class_path": "lit_hspace.training.SampleGrid", "init_args": {"every_n_steps": 2, "num_samples": 4}},
