@@ -15,6 +15,11 @@ one file system), so processes writing the same entry leave one valid file.
 
 A hit also restores the generator's state after the solve, so a run that hits gives bit-identical results
 to one that computes: the random starts of later solves do not depend on whether earlier ones were cached.
+
+With `warm_start`, a block solve that misses starts from the basis of the last solve of the same problem
+(same operator, masks and projection) with another k, width, tolerance or cap, kept under <root>/starts/:
+fewer products (docs/benchmarks.md), but the result then depends, within the tolerance, on which solves ran
+before, so it is off by default.
 """
 
 from __future__ import annotations
@@ -62,8 +67,9 @@ class CacheCounts:
 class DiscoveryCache:
     """Latents and converged solves under `root`; `root=None` disables it (everything is computed)."""
 
-    def __init__(self, root: str | Path | None):
+    def __init__(self, root: str | Path | None, warm_start: bool = False):
         self.root = None if root is None else Path(root)
+        self.warm_start = warm_start and self.root is not None
         self.counts = CacheCounts()
 
     @property
@@ -137,14 +143,10 @@ class CachedSolves:
 
     def __call__(
         self, what: dict[str, Any], inputs: dict[str, Tensor | None], generator: torch.Generator,
-        compute: Callable[[], TruncatedSVD],
+        compute: Callable[[Tensor | None], TruncatedSVD],
     ) -> TruncatedSVD:
-        key = {
-            "operator": self.operator,
-            "solve": what,
-            "inputs": {name: tensor_digest(x) for name, x in inputs.items()},
-            "generator": tensor_digest(generator.get_state()),
-        }
+        problem = {"operator": self.operator, "kind": what["kind"], "inputs": {name: tensor_digest(x) for name, x in inputs.items()}}
+        key = problem | {"solve": what, "generator": tensor_digest(generator.get_state())}
         found = self.cache.read("solves", key)
         if found is not None:
             self.cache.counts.hits += 1
@@ -153,11 +155,18 @@ class CachedSolves:
             on = {name: t.to(self.device) for name, t in tensors.items() if name != "generator_after"}
             return TruncatedSVD(on["vectors"], on["values"], facts["iterations"], facts["movement"], facts["products"],
                                 on.get("basis"), facts["residual"])
-        svd = compute()
+        start = None
+        if self.cache.warm_start and what["solver"] == "lobpcg":
+            earlier = self.cache.read("starts", problem)
+            start = None if earlier is None else earlier[0]["basis"].to(self.device)
+        svd = compute(start)
         self.cache.counts.computed += 1
         tensors = {"vectors": svd.vectors, "values": svd.values, "generator_after": generator.get_state()}
         if svd.basis is not None:
             tensors["basis"] = svd.basis
-        facts = {"iterations": svd.iterations, "movement": svd.movement, "products": svd.products, "residual": svd.residual}
+        facts = {"iterations": svd.iterations, "movement": svd.movement, "products": svd.products, "residual": svd.residual,
+                 "warm_started": start is not None}
         self.cache.write("solves", key, tensors, facts)
+        if self.cache.warm_start and svd.basis is not None:
+            self.cache.write("starts", problem, {"basis": svd.basis}, {})
         return svd

@@ -35,19 +35,20 @@ class Directions:
 
 
 class Solves(Protocol):
-    """How a method's subspace solves are carried out: `compute()` is the solve that `what` (its settings) and
-    `inputs` (masks, projections, shifts) describe, starting from `generator`'s state. A cache
-    (`lit_hspace.cache.CachedSolves`) returns a stored result for an equal description instead."""
+    """How a method's subspace solves are carried out: `compute(start)` is the solve that `what` (its settings)
+    and `inputs` (masks, projections, shifts) describe, from `generator`'s state and an optional warm-start basis
+    (block solver only). A cache (`lit_hspace.cache.CachedSolves`) returns a stored result for an equal
+    description instead."""
 
     def __call__(
         self, what: dict[str, Any], inputs: dict[str, Tensor | None], generator: torch.Generator,
-        compute: Callable[[], TruncatedSVD],
+        compute: Callable[[Tensor | None], TruncatedSVD],
     ) -> TruncatedSVD: ...
 
 
-def compute(what, inputs, generator, compute: Callable[[], TruncatedSVD]) -> TruncatedSVD:
-    """Solves without a cache: every solve is computed."""
-    return compute()
+def compute(what, inputs, generator, compute: Callable[[Tensor | None], TruncatedSVD]) -> TruncatedSVD:
+    """Solves without a cache: every solve is computed, from a random start."""
+    return compute(None)
 
 
 def union(masks: Tensor) -> Tensor:
@@ -103,11 +104,15 @@ class DiscoveryMethod(ABC):
     def _iterate(
         self, jac, k: int, masks: Tensor | None, generator: torch.Generator, solves: Solves, project_out: Tensor | None = None
     ) -> TruncatedSVD:
-        solve = block_svd if self.solver == "lobpcg" else subspace_iteration
         settings = dict(tol=self.tol, max_iter=self.max_iter, oversample=self.oversample)
         what = {"kind": "svd", "solver": self.solver, "k": k, **settings}
-        return solves(what, {"masks": masks, "project_out": project_out}, generator,
-                      lambda: solve(as_operator(jac), k, masks, project_out=project_out, generator=generator, **settings))
+
+        def solve(start: Tensor | None) -> TruncatedSVD:
+            if self.solver == "lobpcg":
+                return block_svd(as_operator(jac), k, masks, project_out, generator=generator, start=start, **settings)
+            return subspace_iteration(as_operator(jac), k, masks, project_out, generator=generator, **settings)
+
+        return solves(what, {"masks": masks, "project_out": project_out}, generator, solve)
 
     @abstractmethod
     def discover(
@@ -276,12 +281,12 @@ class Rayleigh(DiscoveryMethod):
         jac = as_operator(jac)
         inside = masks.to(jac.h0)
         top = {"kind": "svd", "solver": "lobpcg", "k": 1, "tol": 1e-2, "max_iter": 20, "oversample": 3}
-        outside_top = solves(top, {"masks": 1 - inside, "project_out": None}, generator, lambda: block_svd(
-            jac, 1, 1 - inside, tol=1e-2, max_iter=20, generator=generator, oversample=3))
+        outside_top = solves(top, {"masks": 1 - inside, "project_out": None}, generator, lambda start: block_svd(
+            jac, 1, 1 - inside, tol=1e-2, max_iter=20, generator=generator, oversample=3, start=start))
         lam = self.rel_lambda * outside_top.values[:, 0].double() ** 2
         settings = dict(k=self.k, width=self.k + self.oversample, tol=self.tol, max_iter=self.max_iter)
-        found = solves({"kind": "generalized", **settings}, {"inside": inside, "shift": lam}, generator,
-                       lambda: generalized_svd(jac, inside, 1 - inside, lam, generator=generator, **settings))
+        found = solves({"kind": "generalized", "solver": "lobpcg", **settings}, {"inside": inside, "shift": lam}, generator,
+                       lambda start: generalized_svd(jac, inside, 1 - inside, lam, generator=generator, start=start, **settings))
         info = {
             **convergence(found), "outside_top_singular_value": outside_top.values[:, 0].tolist(),
             "lambda": lam.tolist(), "outside_products": outside_top.products,

@@ -96,7 +96,8 @@ class HSpaceEditor(L.LightningModule):
         self.editor = Editor(self.ddim, self.regions, self.masks, edit)
         self.metrics = EditMetrics(list(metrics) if metrics is not None else ["mse"], self.image_size, [r.name for r in self.regions])
         self.store = DirectionStore(discovery.directions, self.hspace, edit.names)
-        self.cache = DiscoveryCache(discovery.cache if isinstance(discovery.cache, str) else None)  # beside the runs: once a trainer has them
+        # Beside the runs (the default) once a trainer has them.
+        self.cache = DiscoveryCache(discovery.cache if isinstance(discovery.cache, str) else None, discovery.warm_start)
 
     def configure_callbacks(self):
         from lit_hspace.callbacks import RunWriter
@@ -162,7 +163,8 @@ class HSpaceEditor(L.LightningModule):
         layout = RunLayout(self.trainer.log_dir or ".")  # a collective under DDP: read once, on every rank
         self.earlier_runs = layout.siblings()
         if self.discovery.cache is True:
-            self.cache = DiscoveryCache(layout.shared_cache if self.trainer.loggers else Path(self.trainer.default_root_dir) / "cache")
+            root = layout.shared_cache if self.trainer.loggers else Path(self.trainer.default_root_dir) / "cache"
+            self.cache = DiscoveryCache(root, self.discovery.warm_start)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[DirectionSet]:
         items = batch_items(batch)

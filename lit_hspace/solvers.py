@@ -187,7 +187,7 @@ def block_svd(
 
 def generalized_svd(
     jac, inside: Tensor, outside: Tensor, shift: Tensor, k: int, width: int, tol: float = 1e-3, max_iter: int = 60,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, start: Tensor | None = None,
 ) -> TruncatedSVD:
     """Top-k generalized singular pairs of (M_in J, [M_out J; sqrt(shift) I]) for every mask pair at once: the
     maximisers v of ||M_in J v||^2 / (||M_out J v||^2 + shift ||v||^2), each B-orthogonal to those before it,
@@ -195,7 +195,7 @@ def generalized_svd(
     before = jac.products
     found = lobpcg(
         jacobian_pencil(jac, inside, outside, shift), jac.dim, len(inside), k, width, tol=tol, max_iter=max_iter,
-        generator=generator, device=jac.h0.device,
+        generator=generator, start=start, device=jac.h0.device,
     )
     values = found.values.clamp(min=0).sqrt().to(jac.h0.dtype)
     return TruncatedSVD(found.vectors.to(jac.h0.dtype), values, found.iterations, found.movement, jac.products - before,

@@ -17,6 +17,7 @@ from lit_hspace.ddim import Inversion
 from lit_hspace.directions import DirectionSet, DiscoveryKey
 from lit_hspace.discovery import discover
 from lit_hspace.hspace import HSpaceUNet
+from lit_hspace.jacobian import principal_angle_sine
 from lit_hspace.methods import JIVE, RBE, Haas, Rayleigh
 from lit_hspace.module import HSpaceEditor, ImageItem
 from lit_hspace.regions import Region, region_masks
@@ -173,3 +174,17 @@ def test_a_rank_sweep_reuses_the_per_region_solves(tmp_path, tiny_model_dir):
     assert solves(first) == (0, 1) and solves(second) == (1, 0)
     assert first.meta["method_params"]["rank_joint"] == 1 and second.meta["method_params"]["rank_joint"] == 2
     assert len(list((tmp_path / "runs" / "cache" / "latents").glob("*.safetensors"))) == 1
+
+
+def test_warm_start_reuses_the_basis_of_a_smaller_k(tiny_model, tmp_path):
+    """Opt-in: a k = 5 solve that misses starts from the stored k = 3 basis of the same problem; fewer products,
+    the same subspace to tolerance. Without warm_start nothing is kept for it."""
+    cold = run(tiny_model, Haas(k=5, tol=1e-4, max_iter=60))
+    cache = DiscoveryCache(tmp_path, warm_start=True)
+    run(tiny_model, Haas(k=3, tol=1e-4, max_iter=60), cache=cache)
+    warm = run(tiny_model, Haas(k=5, tol=1e-4, max_iter=60), cache=cache)
+    assert solves(warm) == (0, 1)
+    assert warm.meta["convergence"]["products"] < cold.meta["convergence"]["products"]
+    assert principal_angle_sine(cold.directions.flatten(1).T, warm.directions.flatten(1).T).item() < 1e-2
+    run(tiny_model, Haas(k=3, tol=1e-4, max_iter=60), cache=DiscoveryCache(tmp_path / "off"))
+    assert not (tmp_path / "off" / "starts").exists()

@@ -81,7 +81,6 @@ def test_another_image_under_the_same_name_is_never_given_an_earlier_set(tmp_pat
     assert first.key.content != second.key.content and first.key.image == second.key.image == "face"
 
 
-@pytest.mark.slow  # about 6 minutes on a 2-core CPU, against seconds for the same solve outside a run: not yet explained
 def test_pooled_set_of_a_batch_is_the_summed_operators_directions(tmp_path, tiny_model_dir):
     """discovery.pool: one set for the batch's two seeds, equal to the directions of their stacked Jacobians
     computed here directly, stored once, used for both images, and reused by the next run of the experiment."""
