@@ -58,7 +58,8 @@ def run(command: str, method: str, seeds: list[int], strengths: list[float], sav
         f"--model.init_args.edit.strengths={strengths}",
         "--trainer.logger=" + json.dumps({"class_path": "lit_hspace.tracking.RunLogger", "init_args": {"save_dir": str(save_dir), "name": name}}),
         "--trainer.enable_progress_bar=false",
-        f"--model.init_args.regions=[{region}]",
+        # JIVE finds every region's directions together; its config edits those of one region.
+        f"--model.init_args.edit.regions=[{region}]" if method == "jive" else f"--model.init_args.regions=[{region}]",
         *extra,
     ])
     return save_dir / name / "version_0"

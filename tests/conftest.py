@@ -88,5 +88,15 @@ def write_config(tmp_path, model_dir, method, data, regions=("mouth",), name="ex
     return path
 
 
+def write_sweep(path, config, parameters: dict) -> str:
+    """A W&B grid sweep file over `parameters` (key -> values) of the CLI run of `config`."""
+    path.write_text(yaml.safe_dump({
+        "method": "grid",
+        "command": ["${env}", "python", "-m", "lit_hspace", "test", "--config", str(config), "${args}"],
+        "parameters": {key: {"values": values} for key, values in parameters.items()},
+    }))
+    return str(path)
+
+
 def read_png(path) -> torch.Tensor:
     return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255

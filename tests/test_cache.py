@@ -7,11 +7,11 @@ import textwrap
 
 import pytest
 import torch
-import yaml
 from diffusers import DDPMScheduler
 
-from conftest import tiny_unet, write_config
+from conftest import tiny_unet, write_config, write_sweep
 from lit_hspace import sweep
+from lit_hspace.cli import main as cli
 from lit_hspace.cache import DiscoveryCache
 from lit_hspace.ddim import Inversion
 from lit_hspace.directions import DirectionSet, DiscoveryKey
@@ -163,13 +163,7 @@ def test_a_rank_sweep_reuses_the_per_region_solves(tmp_path, tiny_model_dir):
     cache sits beside the experiments (runs/cache)."""
     jive = {"class_path": "lit_hspace.methods.JIVE", "init_args": {"k": 2, "rank_joint": 1, "rank_individual": 1, "max_iter": 4}}
     config = write_config(tmp_path, tiny_model_dir, jive, {"seeds": [0]}, regions=("mouth", "eyes"), name="ranks")
-    path = tmp_path / "rank_sweep.yaml"
-    path.write_text(yaml.safe_dump({
-        "method": "grid",
-        "command": ["${env}", "python", "-m", "lit_hspace", "test", "--config", str(config), "${args}"],
-        "parameters": {"model.init_args.method.init_args.rank_joint": {"values": [1, 2]}},
-    }))
-    sweep.main([str(path)])
+    sweep.main([write_sweep(tmp_path / "rank_sweep.yaml", config, {"model.init_args.method.init_args.rank_joint": [1, 2]})])
     first, second = (DirectionSet.load(tmp_path / "runs" / "ranks" / f"version_{v}" / "directions" / "seed000000.safetensors") for v in (0, 1))
     assert solves(first) == (0, 1) and solves(second) == (1, 0)
     assert first.meta["method_params"]["rank_joint"] == 1 and second.meta["method_params"]["rank_joint"] == 2
@@ -188,3 +182,11 @@ def test_warm_start_reuses_the_basis_of_a_smaller_k(tiny_model, tmp_path):
     assert principal_angle_sine(cold.directions.flatten(1).T, warm.directions.flatten(1).T).item() < 1e-2
     run(tiny_model, Haas(k=3, tol=1e-4, max_iter=60), cache=DiscoveryCache(tmp_path / "off"))
     assert not (tmp_path / "off" / "starts").exists()
+
+
+def test_cache_false_on_the_command_line_turns_it_off(tmp_path, tiny_model_dir):
+    haas = {"class_path": "lit_hspace.methods.Haas", "init_args": {"k": 2, "max_iter": 4}}
+    config = write_config(tmp_path, tiny_model_dir, haas, {"seeds": [0]}, name="off")
+    cli(["test", "--config", str(config), "--model.init_args.discovery.cache=false"])
+    assert (tmp_path / "runs" / "off" / "version_0" / "metrics.json").is_file()
+    assert not (tmp_path / "runs" / "cache").exists()

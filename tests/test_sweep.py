@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from lit_hspace import sweep
-from conftest import write_config
+from conftest import write_config, write_sweep
 
 SWEEPS = sorted(Path("sweeps").glob("*.yaml"))
 
@@ -38,14 +38,9 @@ def test_expansion_puts_the_config_first_and_writes_lists_as_json():
 
 def test_unknown_key_stops_the_sweep_before_any_run(tmp_path, tiny_model_dir, monkeypatch):
     config = write_config(tmp_path, tiny_model_dir, {"class_path": "lit_hspace.methods.Haas", "init_args": {"k": 2}}, {"seeds": [0]})
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({
-        "method": "grid",
-        "command": ["${env}", "python", "-m", "lit_hspace", "test", "--config", str(config), "${args}"],
-        "parameters": {"model.init_args.diffusion.timestep": {"values": [0.4]}, "model.init_args.timestamp": {"values": [0.2]}},
-    }))
+    path = write_sweep(tmp_path / "bad.yaml", config, {"model.init_args.diffusion.timestep": [0.4], "model.init_args.timestamp": [0.2]})
     with pytest.raises(ValueError, match=r"sweep key 'model.init_args.timestamp' is not accepted by the CLI \(Option 'timestamp'"):
-        sweep.main([str(path)])
+        sweep.main([path])
     assert not (tmp_path / "runs").exists()
 
 
@@ -59,13 +54,7 @@ def test_only_grids_run_locally(tmp_path):
 def test_local_sweep_runs_every_point(tmp_path, tiny_model_dir):
     rbe = {"class_path": "lit_hspace.methods.RBE", "init_args": {"k": 2, "n_outside": 2, "max_iter": 3}}
     config = write_config(tmp_path, tiny_model_dir, rbe, {"seeds": [0]}, name="ablation")
-    path = tmp_path / "timestep.yaml"
-    path.write_text(yaml.safe_dump({
-        "method": "grid",
-        "command": ["${env}", "python", "-m", "lit_hspace", "test", "--config", str(config), "${args}"],
-        "parameters": {"model.init_args.diffusion.timestep": {"values": [0.4, 0.8]}},
-    }))
-    sweep.main([str(path)])
+    sweep.main([write_sweep(tmp_path / "timestep.yaml", config, {"model.init_args.diffusion.timestep": [0.4, 0.8]})])
     runs = sorted((tmp_path / "runs" / "ablation").glob("version_*"))
     assert len(runs) == 2
     timesteps = [yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["diffusion"]["timestep"] for run in runs]
