@@ -31,10 +31,13 @@ from lit_hspace.methods import RBE, Haas, Rayleigh
 from lit_hspace.regions import region_masks, resolve_regions
 
 
-def methods(k: int, tol: float) -> dict:
+def methods(k: int, tol: float, only: list[str] | None = None, rayleigh_oversample: list[int] = ()) -> dict:
     found = {"haas (masked)": Haas(k=k, tol=tol), "rbe, n_outside 10": RBE(k=k, n_outside=10, tol=tol)}
     found |= {f"rayleigh, rel_lambda {r:g}": Rayleigh(k=k, rel_lambda=r, tol=tol) for r in (0.1, 0.01, 0.001)}
+    found |= {f"rayleigh, rel_lambda 0.01, oversample {o}": Rayleigh(k=k, oversample=o, tol=tol) for o in rayleigh_oversample}
     found |= {f"rbe, n_outside {n}": RBE(k=k, n_outside=n, tol=tol) for n in (30, 100)}
+    if only:
+        found = {name: method for name, method in found.items() if any(name.startswith(o) for o in only)}
     return found
 
 
@@ -73,6 +76,8 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=1e-3)
     parser.add_argument("--chunk-size", type=int, default=1)
     parser.add_argument("--explicit", type=Path, help="directory for the explicit Jacobians; run the methods on them")
+    parser.add_argument("--only", nargs="+", help="rows whose names start with these (e.g. 'rbe, n_outside 10' rayleigh)")
+    parser.add_argument("--rayleigh-oversample", type=int, nargs="+", default=[], help="also Rayleigh 0.01 at these oversamples")
     args = parser.parse_args()
 
     model = HSpaceUNet.from_pretrained("synth-faces")
@@ -90,7 +95,7 @@ def main() -> None:
             if args.explicit:
                 args.explicit.mkdir(parents=True, exist_ok=True)
                 matrix = explicit_jacobian(JacobianOperator.of_decoder(model, enc, 64), args.explicit / f"synth_faces_seed{seed}.pt")
-            for name, method in methods(args.k, args.tol).items():
+            for name, method in methods(args.k, args.tol, args.only, args.rayleigh_oversample).items():
                 jac = JacobianOperator.of_decoder(model, enc, args.chunk_size)
                 if args.explicit:
                     jac = matrix_operator(matrix, jac)

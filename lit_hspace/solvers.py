@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -24,7 +25,7 @@ from torch import Tensor
 from lit_hspace.jacobian import TruncatedSVD, check_k, orient, principal_angle_sine
 
 # X (m, n, c) float64 -> (A X, B X), each (m, n, c) float64; B X is None where B = I.
-Pencil = Callable[[Tensor], tuple[Tensor, Tensor | None]]
+Apply = Callable[[Tensor], tuple[Tensor, Tensor | None]]
 
 
 @dataclass
@@ -36,7 +37,41 @@ class Eigenpairs:
     basis: Tensor  # (m, n, width) float64 orthonormal span of all Ritz vectors: a warm start for a nearby problem
     iterations: int  # pencil applications (one block of `width` vectors per problem each)
     movement: float  # sine of the largest principal angle the top-k subspaces moved in the last iteration
-    residual: float  # largest ||A y - theta B y|| / ||A y|| over the top k Ritz vectors y
+    residual: float  # largest ||A y - theta B y|| / (theta ||y||) over the top k Ritz vectors y (||A y|| at convergence, B = I)
+
+
+class Pencil(Protocol):
+    """A symmetric pencil (A, B) as LOBPCG uses it: an `image` of a block that is linear in the block (so that
+    images of combinations are combinations of images), the Rayleigh-Ritz Gram matrices from images, and the
+    residuals A y - theta B y of Ritz vectors from theirs. Products are spent in `image` and `residual`."""
+
+    def image(self, x: Tensor) -> Tensor:
+        """(m, n, c) -> (m, ..., c): what the Gram matrices and residuals of combinations of x are computed from."""
+
+    def grams(self, x: Tensor, image: Tensor) -> tuple[Tensor, Tensor]:
+        """(x^T A x, x^T B x), each (m, c, c), for x (m, n, c) and its image."""
+
+    def residual(self, y: Tensor, image: Tensor, theta: Tensor) -> Tensor:
+        """A y - theta B y (m, n, c) for Ritz vectors y (m, n, c), their image and values theta (m, c)."""
+
+
+class AppliedPencil:
+    """A pencil given as X -> (A X, B X or None for B = I): the image is the two products, the residual is free."""
+
+    def __init__(self, apply: Apply):
+        self.apply = apply
+
+    def image(self, x: Tensor) -> Tensor:
+        ax, bx = self.apply(x)
+        return torch.cat([ax, x if bx is None else bx], 1)  # (m, 2n, c): A X above B X
+
+    def grams(self, x: Tensor, image: Tensor) -> tuple[Tensor, Tensor]:
+        ax, bx = image.chunk(2, dim=1)
+        return x.mT @ ax, x.mT @ bx
+
+    def residual(self, y: Tensor, image: Tensor, theta: Tensor) -> Tensor:
+        ay, by = image.chunk(2, dim=1)
+        return ay - by * theta[:, None, :]
 
 
 def _orthonormal(x: Tensor) -> Tensor:
@@ -57,7 +92,7 @@ def _sym(g: Tensor) -> Tensor:
 
 
 def lobpcg(
-    pencil: Pencil,
+    pencil: Pencil | Apply,
     n: int,
     m: int,
     k: int,
@@ -72,6 +107,7 @@ def lobpcg(
 ) -> Eigenpairs:
     """Top-k eigenpairs of m symmetric pencils (A_i, B_i), B_i positive definite, by block LOBPCG.
 
+    pencil: a `Pencil`, or a function X -> (A X, B X or None for B = I) on (m, n, c) float64 blocks.
     width: vectors per block (default k); the top k converge faster the larger the gap to eigenvalue width + 1.
     project_out: (p, n) orthonormal rows; the search runs in their orthogonal complement (A -> P A P, B -> P B P).
     start: (m, n, c) a warm start (e.g. a returned `basis`); missing columns are drawn from `generator`.
@@ -81,6 +117,7 @@ def lobpcg(
     angle, as `subspace_iteration` measures it) or after `max_iter` pencil applications. When the complement
     has at most 3 * width dimensions, one application to a basis of all of it gives the exact answer.
     """
+    pencil = pencil if hasattr(pencil, "grams") else AppliedPencil(pencil)
     free = n - (0 if project_out is None else len(project_out))
     check_k(k, free)
     width = min(max(width or k, k), free)
@@ -89,29 +126,28 @@ def lobpcg(
     def project(v: Tensor) -> Tensor:
         return v if out is None else v - out.T @ (out @ v)
 
-    def apply(x: Tensor) -> tuple[Tensor, Tensor]:
-        ax, bx = pencil(x)
-        return project(ax), x if bx is None else project(bx)
-
     x = torch.randn(m, n, width, generator=generator, dtype=torch.float64).to(device)
     if start is not None:
         columns = min(start.shape[-1], width)
         x[..., :columns] = start[..., :columns].to(x)
     if 3 * width >= free:  # small problem: the whole complement in one block
         x = torch.linalg.svd(project(torch.eye(n, dtype=torch.float64, device=device))).U[:, :free].expand(m, n, free)
-    x = _orthonormal(project(x))
-    basis, a_basis, b_basis = x, *apply(x)
+    basis = _orthonormal(project(x))
+    image = pencil.image(basis)
     top = None
     movement = residual = math.inf
     for iteration in range(1, max_iter + 1):
-        theta, c = _ritz(_sym(basis.mT @ a_basis), _sym(basis.mT @ b_basis))
+        ga, gb = pencil.grams(basis, image)
+        theta, c = _ritz(_sym(ga), _sym(gb))
         theta, c = theta[..., :width], c[..., :width]
-        ritz, a_ritz, b_ritz = basis @ c, a_basis @ c, b_basis @ c
+        ritz, ritz_image = basis @ c, image @ c
         new_top = _orthonormal(ritz[..., :k])
         movement = 0.0 if basis.shape[-1] == free else math.inf if top is None else principal_angle_sine(top, new_top).max().item()
         top = new_top
-        r = project(a_ritz - b_ritz * theta[:, None, :])
-        residual = (r.norm(dim=1) / a_ritz.norm(dim=1).clamp(min=1e-300))[:, :k].max().item()
+        r = project(pencil.residual(ritz, ritz_image, theta))
+        # Relative to theta ||y|| (= ||A y|| at convergence where B = I).
+        scale = (theta[:, None, :].abs() * ritz.norm(dim=1, keepdim=True)).clamp(min=1e-300)
+        residual = (r.norm(dim=1, keepdim=True) / scale)[..., :k].max().item()
         if movement < tol or iteration == max_iter:
             break
         # Next basis [X, P, R], in coordinates of the current one: X spans the Ritz vectors; P the rest of
@@ -122,39 +158,69 @@ def lobpcg(
             old_x = torch.eye(basis.shape[-1], width, dtype=c.dtype, device=c.device).expand_as(c)
             blocks.append(_orthonormal(torch.cat([coords_x, old_x], -1))[..., width:])
         coords = torch.cat(blocks, -1)
-        kept, a_kept, b_kept = basis @ coords, a_basis @ coords, b_basis @ coords
+        kept, kept_image = basis @ coords, image @ coords
         if precondition is not None:
             r = project(precondition(r))
         r = r / r.norm(dim=1, keepdim=True).clamp(min=1e-300)
         for _ in range(2):  # twice: orthogonal to machine precision even for converged (noise) residuals
             r = _orthonormal(project(r - kept @ (kept.mT @ r)))
-        a_r, b_r = apply(r)
-        basis, a_basis, b_basis = (torch.cat(t, -1) for t in ((kept, r), (a_kept, a_r), (b_kept, b_r)))
+        basis, image = torch.cat([kept, r], -1), torch.cat([kept_image, pencil.image(r)], -1)
     vectors = ritz[..., :k] / ritz[..., :k].norm(dim=1, keepdim=True)
     return Eigenpairs(orient(vectors.mT), theta[..., :k], _orthonormal(ritz), iteration, movement, residual)
 
 
-def jacobian_pencil(jac, inside: Tensor, outside: Tensor | None = None, shift: Tensor | None = None) -> Pencil:
-    """X -> (J^T M_in^2 J X, J^T M_out^2 J X + shift X) for m mask pairs at once, or B = I without `outside`.
+class JacobianPencil:
+    """(J^T M_in^2 J, J^T M_out^2 J + shift I) for m mask pairs at once, or (J^T M_in^2 J, I) without `outside`.
 
-    inside, outside: (m, 1 or C, H, W) weights on the output; shift: (m,). A block costs one jvp of m * c
-    rows (J X serves both A and B) and one vjp of m * c rows per operator, in the operator's dtype.
+    inside, outside: (m, 1 or C, H, W) weights on the output; shift: (m,).
+    Without `outside` the image of a block is A X (one jvp and one vjp per vector) and the residual is free.
+    With it the image is J X (one jvp per vector): the Gram matrices are (M J X)^T (M J X) and the residual
+    J^T (M_in^2 - theta M_out^2) J y - theta shift y takes one vjp per Ritz vector, so an iteration costs one jvp
+    and one vjp per vector instead of one jvp and two vjps. Products run in the operator's dtype.
     """
-    m = inside.shape[0]
 
-    def pulled(weights: Tensor, jx: Tensor, c: int) -> Tensor:
-        back = jac.vjp(weights.repeat_interleave(c, dim=0) * jx)
-        return back.reshape(m, c, -1).mT.to(torch.float64)
+    def __init__(self, jac, inside: Tensor, outside: Tensor | None = None, shift: Tensor | None = None):
+        self.jac, self.m = jac, inside.shape[0]
+        self.inside = inside.to(jac.h0)
+        self.outside = None if outside is None else outside.to(jac.h0)
+        self.shift = shift
 
-    def apply(x: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _jvp(self, x: Tensor) -> Tensor:
+        """(m, n, c) -> (m, c, *out) in the operator's dtype."""
         c = x.shape[-1]
-        jx = jac.jvp(x.mT.reshape(m * c, *jac.in_shape).to(jac.h0.dtype))
-        a = pulled(inside.to(jac.h0) ** 2, jx, c)
-        if outside is None:
-            return a, None
-        return a, pulled(outside.to(jac.h0) ** 2, jx, c) + shift.to(x)[:, None, None] * x
+        jx = self.jac.jvp(x.mT.reshape(self.m * c, *self.jac.in_shape).to(self.jac.h0.dtype))
+        return jx.reshape(self.m, c, *jx.shape[1:])
 
-    return apply
+    def _vjp(self, weighted: Tensor) -> Tensor:
+        """(m, c, *out) -> (m, n, c) float64."""
+        c = weighted.shape[1]
+        back = self.jac.vjp(weighted.reshape(self.m * c, *weighted.shape[2:]).to(self.jac.h0.dtype))
+        return back.reshape(self.m, c, -1).mT.to(torch.float64)
+
+    def image(self, x: Tensor) -> Tensor:
+        jx = self._jvp(x)
+        if self.outside is None:
+            return self._vjp(self.inside[:, None] ** 2 * jx)  # A X
+        return jx.flatten(2).mT.double()  # (m, out, c): J X, combined in float64 like the basis
+
+    def grams(self, x: Tensor, image: Tensor) -> tuple[Tensor, Tensor]:
+        if self.outside is None:
+            return x.mT @ image, x.mT @ x
+        inside, outside = (self._weights(w) for w in (self.inside, self.outside))
+        ga = (inside * image).mT @ (inside * image)
+        gb = (outside * image).mT @ (outside * image) + self.shift.to(image)[:, None, None] * (x.mT @ x)
+        return ga, gb
+
+    def _weights(self, mask: Tensor) -> Tensor:
+        """(m, out, 1) float64: a mask per output entry."""
+        return mask.expand(self.m, *self.jac.out_shape).flatten(1)[:, :, None].double()
+
+    def residual(self, y: Tensor, image: Tensor, theta: Tensor) -> Tensor:
+        if self.outside is None:
+            return image - y * theta[:, None, :]
+        weights = self._weights(self.inside) ** 2 - theta[:, None, :] * self._weights(self.outside) ** 2
+        back = self._vjp((weights * image).mT.reshape(self.m, -1, *self.jac.out_shape))
+        return back - (self.shift.to(y)[:, None] * theta)[:, None, :] * y
 
 
 def block_svd(
@@ -177,7 +243,7 @@ def block_svd(
         masks = torch.ones(1, 1, 1, 1, device=jac.h0.device, dtype=jac.h0.dtype)
     before = jac.products
     found = lobpcg(
-        jacobian_pencil(jac, masks), jac.dim, masks.shape[0], k, k + oversample, project_out, tol, max_iter, generator,
+        JacobianPencil(jac, masks), jac.dim, masks.shape[0], k, k + oversample, project_out, tol, max_iter, generator,
         start, jac.h0.device,
     )
     values = found.values.clamp(min=0).sqrt().to(jac.h0.dtype)
@@ -194,7 +260,7 @@ def generalized_svd(
     by block LOBPCG on the pencil (J^T M_in^2 J, J^T M_out^2 J + shift I). Values are sqrt(theta)."""
     before = jac.products
     found = lobpcg(
-        jacobian_pencil(jac, inside, outside, shift), jac.dim, len(inside), k, width, tol=tol, max_iter=max_iter,
+        JacobianPencil(jac, inside, outside, shift), jac.dim, len(inside), k, width, tol=tol, max_iter=max_iter,
         generator=generator, start=start, device=jac.h0.device,
     )
     values = found.values.clamp(min=0).sqrt().to(jac.h0.dtype)
