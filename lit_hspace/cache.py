@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,14 +34,11 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from lit_hspace.ddim import Latent
-from lit_hspace.directions import canonical
+from lit_hspace.directions import canonical, save_atomically
 from lit_hspace.jacobian import TruncatedSVD
-
-logger = logging.getLogger("lit_hspace")
 
 FORMAT = "lit_hspace.cache/1"
 
@@ -104,17 +98,7 @@ class DiscoveryCache:
         if not self.enabled:
             return
         text = canonical(key)
-        path = self.path(kind, text)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".partial")
-        os.close(handle)
-        try:
-            cpu = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-            save_file(cpu, partial, metadata={"format": FORMAT, "key": text, "facts": json.dumps(facts)})
-            os.replace(partial, path)  # atomic: readers see the old entry, or this one, never a half-written file
-        finally:
-            if os.path.exists(partial):
-                os.remove(partial)
+        save_atomically(tensors, self.path(kind, text), {"format": FORMAT, "key": text, "facts": json.dumps(facts)})
 
     def latent(self, key: dict[str, Any], compute: Callable[[], Latent], device: torch.device | str) -> Latent:
         """The latent for `key` (everything that decides it: model, image pixels or seed, schedule, inversion)."""

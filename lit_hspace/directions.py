@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,20 @@ from torch import Tensor
 
 import lit_hspace
 from lit_hspace.hspace import HSpaceUNet
+
+def save_atomically(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write a safetensors file through a private temporary file renamed into place: readers (and other
+    writers of the same path) see the old file or the whole new one, never a half-written one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".partial")
+    os.close(handle)
+    try:
+        save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, partial, metadata=metadata)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
 
 def pixel_digest(image: Tensor) -> str:
     """A short digest of an image's pixels (as float32)."""
@@ -111,16 +127,9 @@ class DirectionSet:
         path = Path(path)
         if path.exists() and not replace:
             raise FileExistsError(f"'{path}' exists; direction sets are never overwritten")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            "directions": self.directions.detach().float().cpu().contiguous(),
-            "singular_values": self.singular_values.detach().float().cpu().contiguous(),
-            "x_t": self.x_t.detach().float().cpu().contiguous(),
-        }
+        tensors = {"directions": self.directions.float(), "singular_values": self.singular_values.float(), "x_t": self.x_t.float()}
         meta = {**self.meta, "labels": self.labels, "lit_hspace_version": lit_hspace.__version__}
-        partial = path.with_name(path.name + ".partial")  # never a half-written set under the real name
-        save_file(tensors, str(partial), metadata={"lit_hspace": json.dumps(meta)})
-        partial.replace(path)
+        save_atomically(tensors, path, {"lit_hspace": json.dumps(meta)})
         return path
 
     @classmethod

@@ -283,9 +283,9 @@ class Rayleigh(DiscoveryMethod):
     def discover(self, jac, regions, masks, generator, solves: Solves = compute) -> Directions:
         jac = as_operator(jac)
         inside = masks.to(jac.h0)
-        top = {"kind": "svd", "solver": "lobpcg", "k": 1, "tol": 1e-2, "max_iter": 20, "oversample": 3}
-        outside_top = solves(top, {"masks": 1 - inside, "project_out": None}, generator, lambda start: block_svd(
-            jac, 1, 1 - inside, tol=1e-2, max_iter=20, generator=generator, oversample=3, start=start))
+        rough = dict(tol=1e-2, max_iter=20, oversample=3)  # s_out only sets lambda's scale
+        outside_top = solves({"kind": "svd", "solver": "lobpcg", "k": 1, **rough}, {"masks": 1 - inside, "project_out": None},
+                             generator, lambda start: block_svd(jac, 1, 1 - inside, generator=generator, start=start, **rough))
         lam = self.rel_lambda * outside_top.values[:, 0].double() ** 2
         settings = dict(k=self.k, width=self.k + self.oversample, tol=self.tol, max_iter=self.max_iter)
         found = solves({"kind": "generalized", "solver": "lobpcg", **settings}, {"inside": inside, "shift": lam}, generator,
