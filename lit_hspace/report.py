@@ -245,19 +245,21 @@ def figures(runs: list[Run], out: Path) -> list[tuple[str, Path]]:
         r_c, r_a = sorted({k[0] for k in ranked}), sorted({k[1] for k in ranked})
         cells = {k: run.edit_image()[0] for k, run in ranked.items()}
         found.append(("Rank grid: rows r_C, columns r_A (JIVE appendix Fig. 1)", image_figure(cells, r_c, r_a, "r_C", "r_A", out / "rank_grid.png")))
-    timesteps = {r.manifest.timestep: r for r in runs}
+    # Timestep and strength rows: one row per method label, so that runs of several methods are all shown.
+    labels = sorted({run.label for run in runs})
+    timesteps = sorted({r.manifest.timestep for r in runs})
     if len(timesteps) > 1:
-        cells = {("", t): run.edit_image()[0] for t, run in timesteps.items()}
-        found.append(("Timestep row", image_figure(cells, [""], sorted(timesteps), "", "t/T", out / "timestep_row.png")))
+        cells = {(run.label, run.manifest.timestep): run.edit_image()[0] for run in runs}
+        found.append(("Timestep row", image_figure(cells, labels, timesteps, "", "t/T", out / "timestep_row.png")))
     strength_cells = {}
     for run in runs:
         first = run.rows[0]
         for row in run.rows:
             if row["image"] == first["image"] and row["direction"] == first["direction"]:
-                strength_cells[("", float(row["strength"]))] = run.edit_image(float(row["strength"]))[0]
-    if len(strength_cells) > 1:
-        cols = sorted(c for _, c in strength_cells)
-        found.append(("Strength row", image_figure(strength_cells, [""], cols, "", "a =", out / "strength_row.png")))
+                strength_cells[(run.label, float(row["strength"]))] = run.edit_image(float(row["strength"]))[0]
+    strengths = sorted({a for _, a in strength_cells})
+    if len(strengths) > 1:
+        found.append(("Strength rows", image_figure(strength_cells, labels, strengths, "", "a =", out / "strength_row.png")))
     return found
 
 

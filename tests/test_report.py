@@ -44,6 +44,21 @@ def test_method_table_and_figures(method_runs, tmp_path):
     assert "<td>haas</td>" in page and "mse_vs_strength.png" in page and "strength_row.png" in page and "outside_vs_inside.png" in page
 
 
+def test_strength_rows_show_every_method(method_runs, tmp_path):
+    """One row per method: cell (method, a) is that run's first edit at strength a, upscaled 8 times."""
+    out = tmp_path / "report"
+    report.main([str(method_runs), "--out", str(out)])
+    runs = {r.label: r for r in report.load_runs([method_runs])}
+    figure = np.asarray(Image.open(out / "strength_row.png").convert("RGB"), dtype=np.int16)
+    assert figure.shape[0] == FONT_SIZE + 2 * PAD + 2 * (128 + PAD)  # two rows: haas and rbe
+    left = figure.shape[1] - len(STRENGTHS) * (128 + PAD)
+    for i, label in enumerate(("haas", "rbe")):
+        for j, a in enumerate(STRENGTHS):
+            cell = np.asarray(runs[label].edit_image(a)[0], dtype=np.int16).repeat(8, 0).repeat(8, 1)
+            y, x = FONT_SIZE + 2 * PAD + i * (128 + PAD), left + j * (128 + PAD)
+            assert np.array_equal(figure[y : y + 128, x : x + 128], cell), (label, a)
+
+
 def test_matched_table_interpolates_outside_at_common_inside_levels(method_runs):
     """Each method's MSE outside at a common MSE inside, interpolated on its own (inside, outside) curve over
     |a|; the levels are fractions of the largest inside change that every method reaches."""
