@@ -49,17 +49,23 @@ def data_source(source: str, seeds: list[int], batch_size: int = 1) -> str:
 
 
 def run(command: str, method: str, seeds: list[int], strengths: list[float], save_dir: Path, *extra: str, source: str = "seeds",
-        batch_size: int = 1, region: str = "mouth") -> Path:
-    """One CLI run of the method's config on seeds or on dataset faces (numbered like seeds); returns its run directory."""
+        batch_size: int = 1, region: str = "mouth", auto: bool = False) -> Path:
+    """One CLI run of the method's config on seeds or on dataset faces (numbered like seeds); returns its run directory.
+    auto: every region of the run is automatic (found per image, named after the synth preset's boxes)."""
     name = f"{method}_{command}_{len(list(save_dir.glob('*')))}"
+    regions = [region]
+    if method == "jive":  # JIVE finds every region's directions together; its config edits those of one region
+        regions = ["eyes", "mouth", "nose", "brows"] if auto else []
+    if auto:
+        regions = [{"name": r, "auto": True} for r in regions]
     cli([
         command, "--config", str(CONFIGS / f"{method}_mouth.yaml"),
         data_source(source, seeds, batch_size),
         f"--model.init_args.edit.strengths={strengths}",
         "--trainer.logger=" + json.dumps({"class_path": "lit_hspace.tracking.RunLogger", "init_args": {"save_dir": str(save_dir), "name": name}}),
         "--trainer.enable_progress_bar=false",
-        # JIVE finds every region's directions together; its config edits those of one region.
-        f"--model.init_args.edit.regions=[{region}]" if method == "jive" else f"--model.init_args.regions=[{region}]",
+        *([f"--model.init_args.edit.regions=[{region}]"] if method == "jive" else []),
+        *([f"--model.init_args.regions={json.dumps(regions)}"] if regions else []),
         *extra,
     ])
     return save_dir / name / "version_0"
@@ -142,6 +148,39 @@ def markdown(table: dict[str, dict], first: str) -> str:
     return "\n".join(lines)
 
 
+def compare_auto_regions(args: argparse.Namespace) -> None:
+    """Each method on the same images twice, on the preset box and on the automatic region of that name: how
+    much its directions move the region's factors (target) and the others (off-target)."""
+    seeds, table = list(range(args.num_images)), {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in args.methods:
+            for auto in (False, True):
+                start = time.perf_counter()
+                rows = moved_rows(run("test", method, seeds, args.strengths, Path(tmp), source=args.source, region=args.region, auto=auto))
+                scores = locality(rows)
+                table[f"{method}, {'automatic' if auto else 'preset box'}"] = {
+                    key: scores[key] for key in ("edits", "target factor change", "off-target change", "MSE inside", "MSE outside")
+                } | {"wall time, s": time.perf_counter() - start}
+            box, auto = table[f"{method}, preset box"], table[f"{method}, automatic"]
+            ratios = ("target factor change", "off-target change")
+            table[f"{method}, automatic / box"] = {key: auto[key] / box[key] if key in ratios else "" for key in box}
+    command = (f"python benchmarks/locality.py --auto-regions --methods {' '.join(args.methods)} --source {args.source} "
+               f"--num-images {args.num_images} --region {args.region} --strengths {' '.join(f'{s:g}' for s in args.strengths)}")
+    report = "\n\n".join([
+        f"# Directions on automatic regions against the preset boxes: {args.region}",
+        f"`{command}` on {platform.machine()} ({torch.get_num_threads()} threads), torch {torch.__version__}. Each method's "
+        f"configs/synth/<method>_mouth.yaml on the same images, once with its regions as the synth preset's boxes and once "
+        "as automatic regions of the same names (lit_hspace.segment defaults). Target = the largest change among the "
+        f"{args.region}'s factors, off-target = the mean change of the other factors (factor probe, a factor's range = 1). "
+        "MSE inside and outside are each measured in the run's own mask, so they do not compare across the two.",
+        markdown(table, "method, regions"),
+    ])
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=["haas", "jive", "rbe"])
@@ -155,8 +194,12 @@ def main() -> None:
     parser.add_argument("--strengths", type=float, nargs="+", default=[-50, -25, 25, 50])
     parser.add_argument("--source", choices=["seeds", "faces"], default="faces",
                         help="faces: the generator's faces with known factors, inverted (default); seeds: the model's samples")
+    parser.add_argument("--auto-regions", action="store_true",
+                        help="compare directions found on automatic regions with those found on the preset boxes (locality only)")
     parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = parser.parse_args()
+    if args.auto_regions:
+        return compare_auto_regions(args)
 
     seeds = list(range(args.num_images))
     unseen = list(range(args.transfer_images or args.num_images))

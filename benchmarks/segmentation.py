@@ -1,9 +1,10 @@
 """Automatic regions against the synthetic faces' ground truth, beside the preset boxes.
 
-For each dataset face (lit_hspace.synth.faces.synth_face(40_000_000 + i, 32)), inverted by DDIM to t = 0.6T:
-the automatic parts named by the "synth" preset, and each preset box, scored by IoU against the pixels that the
-region's factors can change (lit_hspace.segment.truth). Also the time of one segmentation per image beside one
-discovery (RBE, k 10, mouth box) on the same latent.
+For each dataset face (lit_hspace.synth.faces.synth_face(40_000_000 + i, 32)), inverted by DDIM to the edit
+timestep t = 0.6T: the automatic parts named by the "synth" preset, and each preset box, scored by IoU against
+the pixels that the region's factors can change (lit_hspace.segment.truth). The default segmentation is beside
+variants that each change one setting. Also the time of one segmentation per image beside one discovery (RBE,
+k 10, mouth box) on the same latent.
 
     python benchmarks/segmentation.py --num-images 32 --out docs/segmentation_table.md
 """
@@ -22,17 +23,25 @@ from lit_hspace.hspace import HSpaceUNet
 from lit_hspace.jacobian import JacobianOperator
 from lit_hspace.methods import RBE
 from lit_hspace.regions import PRESETS, Region
-from lit_hspace.segment import SIGNALS, auto_regions, iou
+from lit_hspace.segment import Segmentation, auto_regions, iou
 from lit_hspace.segment.truth import REGION_NAMES, changeable_pixels, dataset_factors
 from lit_hspace.synth.faces import synth_face
+
+
+# The shipped default, and variants that each change one of its settings.
+VARIANTS: dict[str, Segmentation] = {
+    "default (decoder, 0.02T, 24 parts, smoothing 0.7)": Segmentation(),
+    "jacobian signal, at 0.6T": Segmentation(signal="jacobian", timestep=0.6),
+    "decoder at 0.6T": Segmentation(timestep=0.6),
+    "no smoothing": Segmentation(smoothing=0.0),
+    "8 parts": Segmentation(parts=8),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-images", type=int, default=32)
-    parser.add_argument("--parts", type=int, default=8)
-    parser.add_argument("--signals", nargs="+", choices=SIGNALS, default=["jacobian", "decoder"])
-    parser.add_argument("--position-weight", type=float, default=0.5)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -40,21 +49,21 @@ def main() -> None:
     ddim = DDIM(model, 50)
     t = ddim.timestep_at(0.6)
     boxes = {name: Region(name, PRESETS["synth"][name]).to_mask(32) for name in REGION_NAMES}
-    scores = {key: {name: [] for name in REGION_NAMES} for key in ["preset boxes", *args.signals]}
-    seconds = {key: [] for key in [*args.signals, "discovery (RBE, k 10)"]}
+    scores = {key: {name: [] for name in REGION_NAMES} for key in ["preset boxes", *args.variants]}
+    seconds = {key: [] for key in [*args.variants, "discovery (RBE, k 10)"]}
     for i in range(args.num_images):
         image, _ = synth_face(40_000_000 + i, 32)
-        x_t = ddim.invert(image[None], stop=t).x
+        latent = ddim.invert(image[None], stop=t)
+        x_t = latent.x
         truth = {name: changeable_pixels(dataset_factors(i), name, 32) for name in REGION_NAMES}
         for name in REGION_NAMES:
             scores["preset boxes"][name].append(iou(boxes[name], truth[name]))
-        for signal in args.signals:
+        for variant in args.variants:
             start = time.perf_counter()
-            parts = {p.name: p.mask for p in auto_regions(model, x_t, t, args.parts, "synth", signal=signal,
-                                                          position_weight=args.position_weight)}
-            seconds[signal].append(time.perf_counter() - start)
+            parts = {p.name: p.mask for p in auto_regions(ddim, latent, "synth", VARIANTS[variant])}
+            seconds[variant].append(time.perf_counter() - start)
             for name in REGION_NAMES:
-                scores[signal][name].append(iou(parts[name], truth[name]) if name in parts else 0.0)
+                scores[variant][name].append(iou(parts[name], truth[name]) if name in parts else 0.0)
         start = time.perf_counter()
         with torch.no_grad():
             enc = model.encode(x_t, t)
@@ -62,6 +71,7 @@ def main() -> None:
         RBE(k=10).discover(JacobianOperator.of_decoder(model, enc), [mouth], mouth.to_mask(32)[None], torch.Generator().manual_seed(0))
         seconds["discovery (RBE, k 10)"].append(time.perf_counter() - start)
         print(f"face {i}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in seconds.items()), flush=True)
+        print("    mouth, eyes IoU: " + ", ".join(f"{k} {v['mouth'][-1]:.2f} {v['eyes'][-1]:.2f}" for k, v in scores.items()), flush=True)
 
     mean = lambda values: sum(values) / len(values)  # noqa: E731
     lines = ["| masks | " + " | ".join(REGION_NAMES) + " | mean of mouth and eyes | lowest |", "|" + " --- |" * (len(REGION_NAMES) + 3)]
@@ -71,8 +81,8 @@ def main() -> None:
         lines.append(f"| {key} | " + " | ".join(cells) + f" | {(means['mouth'] + means['eyes']) / 2:.3f} | {min(means.values()):.3f} |")
     timing = ", ".join(f"{key} {mean(v):.2f} s" for key, v in seconds.items())
     report = "\n".join([
-        f"`python benchmarks/segmentation.py --num-images {args.num_images} --parts {args.parts} --position-weight "
-        f"{args.position_weight}` on {platform.machine()} ({torch.get_num_threads()} threads), torch {torch.__version__}.",
+        f"`python benchmarks/segmentation.py --num-images {args.num_images}` on {platform.machine()} "
+        f"({torch.get_num_threads()} threads), torch {torch.__version__}.",
         "",
         f"IoU against the pixels each region's factors can change, mean over {args.num_images} dataset faces, 32 px:",
         "",

@@ -11,6 +11,7 @@ from torchvision.utils import save_image
 
 from lit_hspace.directions import DirectionSet
 from lit_hspace.figures import labelled_grid, outlined
+from lit_hspace.segment.files import write_parts
 from lit_hspace.layout import RunLayout
 from lit_hspace.metrics import to_unit
 from lit_hspace.module import ImageResult
@@ -100,6 +101,9 @@ class RunWriter(L.Callback):
         if edits.input is not None:
             save_image(to_unit(edits.input).float(), layout.input_image(edits.image_id))
         save_image(to_unit(edits.reconstruction).float(), layout.reconstruction(edits.image_id))
+        if result.parts is not None:
+            shown = edits.input if edits.input is not None else edits.reconstruction
+            write_parts(layout.parts_dir(edits.image_id), shown, result.parts)
         for row, direction in enumerate(edits.directions):
             for col, strength in enumerate(edits.strengths):
                 path = layout.edit_image(edits.image_id, direction.index, direction.label, strength)

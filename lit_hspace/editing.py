@@ -52,23 +52,23 @@ class ImageEdits:
 class Editor:
     """Picks directions of a set and samples the image's latent with h + a v for each direction v and strength a."""
 
-    def __init__(self, ddim: DDIM, regions: list[Region], masks: Tensor, settings: EditSettings):
+    def __init__(self, ddim: DDIM, regions: list[Region], settings: EditSettings):
         self.ddim, self.settings = ddim, settings
         self.region_names = [r.name for r in regions]
-        self.masks = masks  # (N, 1, H, W)
         if settings.regions is not None and not set(settings.regions) <= set(self.region_names):
             unknown = sorted(set(settings.regions) - set(self.region_names))
             raise ValueError(f"edit.regions {unknown} are not among the regions {self.region_names}")
 
-    def mask_of(self, label: str) -> Tensor:
-        """(1, H, W): a region's mask, the union of all for joint or combined labels, everything for global."""
+    def mask_of(self, label: str, masks: Tensor) -> Tensor:
+        """(1, H, W): a region's mask of the image's `masks` (N, 1, H, W), the union of all for joint or combined
+        labels, everything for global."""
         if label in self.region_names:
-            return self.masks[self.region_names.index(label)]
+            return masks[self.region_names.index(label)]
         if label == "global" or not self.region_names:
-            return torch.ones_like(self.masks[0])
-        return self.masks.amax(0)
+            return torch.ones_like(masks[0])
+        return masks.amax(0)
 
-    def pick(self, dset: DirectionSet) -> list[EditedDirection]:
+    def pick(self, dset: DirectionSet, masks: Tensor) -> list[EditedDirection]:
         """The named directions asked for, or the first `per_group` of each group (joint ones only where
         nothing else exists), in the set's order."""
         if self.settings.names is not None:
@@ -79,12 +79,13 @@ class Editor:
                 groups = [g for g in groups if g in self.settings.regions]
             picks = [i for g in groups for i in dset.indices(g)[: self.settings.per_group]]
         names = dset.names
-        return [EditedDirection(j, dset.labels[j], names.get(j, ""), self.mask_of(dset.labels[j])) for j in picks]
+        return [EditedDirection(j, dset.labels[j], names.get(j, ""), self.mask_of(dset.labels[j], masks)) for j in picks]
 
     @torch.no_grad()
-    def edit(self, image_id: str, latent: Latent, dset: DirectionSet, input: Tensor | None) -> ImageEdits:
-        """Sample the reconstruction once, and every (direction, non-zero strength) edit in batches."""
-        picked = self.pick(dset)
+    def edit(self, image_id: str, latent: Latent, dset: DirectionSet, input: Tensor | None, masks: Tensor) -> ImageEdits:
+        """Sample the reconstruction once, and every (direction, non-zero strength) edit in batches; `masks`
+        (N, 1, H, W) are the image's region masks, which each edit's change is measured in."""
+        picked = self.pick(dset, masks)
         reconstruction = self.ddim.sample(latent)[0]
         strengths = torch.tensor(self.settings.strengths, device=latent.x.device, dtype=latent.x.dtype)
         vectors = dset.directions[[d.index for d in picked]].to(latent.x)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 MIN_CELL = 128  # pixels a cell is shown at, at least
+PARTS_SIDE = 512  # pixels an image of automatic parts is shown at: a 32 px image 16 times larger
 PAD = 4
 FONT_SIZE = 15
 OUTLINE_COLOUR = (1.0, 0.1, 0.6)  # pink, as the JIVE appendix marks regions
@@ -68,3 +70,35 @@ def labelled_grid(cells: list[list[Tensor | None]], col_labels: list[str], row_l
                 pixels = (big * 255).round().byte().permute(1, 2, 0).cpu().numpy()
                 canvas.paste(Image.fromarray(pixels), (left + j * (side + PAD), y))
     return canvas
+
+
+def parts_figure(image: Tensor, names: list[str], masks: Tensor) -> Image.Image:
+    """The image (C, H, W) in [-1, 1] beside its parts (masks (P, 1, H, W), a partition) coloured over it, each
+    named at its pixel nearest the part's centre (so that a ring's name sits on the ring); nearest-neighbour
+    upscaling to at least PARTS_SIDE pixels."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rgb = ((image.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+    labels = masks[:, 0].float().cpu().argmax(0).numpy()
+    colours = colormaps["tab20" if len(names) > 10 else "tab10"]
+    figure = Figure(figsize=(2 * PARTS_SIDE / 100, PARTS_SIDE / 100 + 0.4), dpi=100)
+    axes = figure.subplots(1, 2)
+    for ax in axes:
+        ax.imshow(rgb, interpolation="nearest")
+        ax.set_axis_off()
+    axes[1].imshow(labels, cmap=colours, vmin=-0.5, vmax=colours.N - 0.5, alpha=0.55, interpolation="nearest")
+    for i, (name, mask) in enumerate(zip(names, masks.cpu())):
+        ys, xs = torch.nonzero(mask[0], as_tuple=True)
+        if len(ys):
+            centre = torch.stack([ys.float().mean(), xs.float().mean()])
+            nearest = ((torch.stack([ys, xs], 1).float() - centre).norm(dim=1)).argmin()
+            axes[1].text(xs[nearest].item(), ys[nearest].item(), name, ha="center", va="center", fontsize=10, color="white",
+                         bbox=dict(boxstyle="round,pad=0.15", fc=colours(i % colours.N), ec="none", alpha=0.9))
+    axes[0].set_title("image", fontsize=12)
+    axes[1].set_title(f"{len(names)} automatic parts", fontsize=12)
+    figure.tight_layout()
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())

@@ -67,6 +67,10 @@ class RunLayout:
     def edit_image(self, image_id: str, index: int, label: str, strength: float) -> Path:
         return self.image_dir(image_id) / f"d{index:02d}_{label}_a{strength:+g}.png"
 
+    def parts_dir(self, image_id: str) -> Path:
+        """An image's automatic parts: mask PNGs, regions.yaml and the figure parts.png."""
+        return self.image_dir(image_id) / "parts"
+
     def grid(self, image_id: str) -> Path:
         return self.root / "grids" / f"{image_id}.png"
 

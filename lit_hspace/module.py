@@ -26,6 +26,7 @@ from lit_hspace.layout import RunLayout, RunManifest
 from lit_hspace.methods import RBE, DiscoveryMethod
 from lit_hspace.metrics import EditMetrics, EditScores
 from lit_hspace.regions import Region, region_masks, resolve_regions
+from lit_hspace.segment import AutoRegion, Segmentation, auto_regions, check_auto_names, check_timestep, masks_of_parts
 from lit_hspace.settings import DiffusionSettings, DiscoverySettings, EditSettings
 from lit_hspace.store import DirectionStore
 
@@ -48,12 +49,24 @@ def batch_items(batch: dict) -> list[ImageItem]:
 
 
 @dataclass
+class ImageDirections:
+    """One image's direction set and what it was found with."""
+
+    dset: DirectionSet
+    latent: Latent
+    new_set: DirectionSet | None  # discovered in this run (to be stored, once), else None
+    masks: Tensor  # (N, 1, H, W): the image's region masks
+    parts: list[AutoRegion] | None  # the image's automatic parts, where some region is automatic
+
+
+@dataclass
 class ImageResult:
     """What a test step hands the run writer for one image."""
 
     edits: ImageEdits
     scores: EditScores
     new_set: DirectionSet | None  # discovered in this run (to be stored), else None
+    parts: list[AutoRegion] | None = None  # the image's automatic parts, drawn beside its grid
 
 
 class HSpaceEditor(L.LightningModule):
@@ -62,8 +75,10 @@ class HSpaceEditor(L.LightningModule):
     Args:
         model: a built-in model name, a local diffusers UNet2DModel directory, or a Hugging Face Hub id.
         method: the discovery method (`Haas`, `JIVE`, `RBE`, `Rayleigh`, from lit_hspace.methods).
-        regions: region names of `region_preset`, or regions with a box or a mask file.
+        regions: region names of `region_preset`, or regions with a box, a mask file, or `auto: true` (found per
+            image from the model, lit_hspace.segment, and named after the preset's regions).
         region_preset: the preset that region names are looked up in ("celebahq", "church", "synth").
+        segmentation: how automatic regions are found (`lit_hspace.segment.Segmentation`).
         diffusion: the edit timestep, the schedule, and how input images are inverted (`DiffusionSettings`).
         edit: strengths, which directions, injection (`EditSettings`).
         discovery: seed, chunk size, given direction sets (`DiscoverySettings`).
@@ -76,6 +91,7 @@ class HSpaceEditor(L.LightningModule):
         method: DiscoveryMethod | None = None,
         regions: list[Region | str] | None = None,
         region_preset: str | None = "celebahq",
+        segmentation: Segmentation = Segmentation(),
         diffusion: DiffusionSettings = DiffusionSettings(),
         edit: EditSettings = EditSettings(),
         discovery: DiscoverySettings = DiscoverySettings(),
@@ -91,9 +107,20 @@ class HSpaceEditor(L.LightningModule):
         self.ddim = DDIM(self.hspace, diffusion.num_steps)
         self.t = self.ddim.timestep_at(diffusion.timestep)
         self.image_size = self.hspace.image_shape[-1]
-        self.register_buffer("masks", region_masks(self.regions, self.hspace.output_shape[-1]), persistent=False)
-        self.method.check(self.regions, self.masks, math.prod(self.hspace.h_shape))
-        self.editor = Editor(self.ddim, self.regions, self.masks, edit)
+        self.region_preset, self.segmentation = region_preset, segmentation
+        if self.automatic:
+            # Automatic masks differ per image: they are found, and the method checks them, image by image.
+            check_auto_names(self.regions, region_preset, segmentation.parts)
+            check_timestep(self.ddim, segmentation, self.t)
+            if discovery.pool:
+                raise ValueError("discovery.pool finds one set with one mask per region for all images; automatic "
+                                 "regions differ per image: give the regions a box or a mask file to pool")
+            fixed = torch.empty(0)
+        else:
+            fixed = region_masks(self.regions, self.hspace.output_shape[-1])
+            self.method.check(self.regions, fixed, math.prod(self.hspace.h_shape))
+        self.register_buffer("fixed_masks", fixed, persistent=False)
+        self.editor = Editor(self.ddim, self.regions, edit)
         self.metrics = EditMetrics(list(metrics) if metrics is not None else ["mse"], self.image_size, [r.name for r in self.regions])
         self.store = DirectionStore(discovery.directions, self.hspace, edit.names)
         # Beside the runs (the default) once a trainer has them.
@@ -109,10 +136,28 @@ class HSpaceEditor(L.LightningModule):
         """method_regions_t<timestep>, e.g. rbe_mouth_t0.6: how tracked runs are named."""
         return f"{self.method.name}_{'+'.join(r.name for r in self.regions)}_t{self.diffusion.timestep:g}"
 
+    @property
+    def automatic(self) -> bool:
+        """Whether some region is found per image (`auto: true`)."""
+        return any(r.auto for r in self.regions)
+
+    def region_entries(self) -> list[dict]:
+        """The regions as the key and the manifest record them; an automatic one with how it is found."""
+        return [asdict(r) | ({"segmentation": asdict(self.segmentation)} if r.auto else {}) for r in self.regions]
+
+    def image_masks(self, latent: Latent, image_id: str) -> tuple[Tensor, list[AutoRegion] | None]:
+        """(N, 1, H, W) region masks of one image, and its automatic parts where some region is automatic."""
+        if not self.automatic:
+            return self.fixed_masks, None
+        parts = auto_regions(self.ddim, latent, self.region_preset, self.segmentation, self.discovery.chunk_size)
+        masks = masks_of_parts(self.regions, parts, self.hspace.output_shape[-1], image_id).to(latent.x)
+        self.method.check(self.regions, masks, math.prod(self.hspace.h_shape))
+        return masks, parts
+
     def key(self, image_id: str, image: Tensor | None) -> DiscoveryKey:
         """What decides the direction set of this image (None: a seed's sample)."""
         latent, content = (canonical_latent(self.diffusion), pixel_digest(image)) if image is not None else ("seed", "")
-        regions = [asdict(r) for r in self.regions]
+        regions = self.region_entries()
         return DiscoveryKey.of(self.hspace, self.t, self.ddim.num_steps, latent, self.method.name, self.method.params(),
                                regions, self.discovery.seed, image_id, content)
 
@@ -143,7 +188,7 @@ class HSpaceEditor(L.LightningModule):
         """The settings that decide this run's results, for its run.json."""
         latent = json.loads(canonical_latent(self.diffusion)) | {"source": "images"} if from_images else {"source": "seeds"}
         return RunManifest(stage, self.hspace.name, self.hspace.fingerprint, self.method.name, self.method.params(),
-                           [asdict(r) for r in self.regions], self.diffusion.timestep, self.t, self.ddim.num_steps, latent,
+                           self.region_entries(), self.diffusion.timestep, self.t, self.ddim.num_steps, latent,
                            asdict(self.editor.settings), self.discovery.directions)
 
     def on_test_start(self) -> None:
@@ -169,18 +214,23 @@ class HSpaceEditor(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> list[DirectionSet]:
         items = batch_items(batch)
         if self.discovery.pool:
-            return [self.discover([self.latent(item) for item in items], self.pooled_key(items))]
-        return [self.discover([self.latent(item)], self.key(item.id, item.image)) for item in items]
+            return [self.discover([self.latent(item) for item in items], self.pooled_key(items), self.fixed_masks)]
+        found = []
+        for item in items:
+            latent = self.latent(item)
+            found.append(self.discover([latent], self.key(item.id, item.image), self.image_masks(latent, item.id)[0]))
+        return found
 
     def test_step(self, batch: dict, batch_idx: int) -> list[ImageResult]:
         results = []
         items = batch_items(batch)
-        for item, (dset, latent, new_set) in zip(items, self.direction_sets(items)):
-            edits = self.editor.edit(item.id, latent, dset, item.image)
+        for item, found in zip(items, self.direction_sets(items)):
+            edits = self.editor.edit(item.id, found.latent, found.dset, item.image, found.masks)
             scores = self.metrics(edits, item.factors)
+            new_set = found.new_set
             if new_set is not None and self.metrics.factors is not None and not self.discovery.pool:
                 new_set, edits = self.named_after_factors(new_set, edits, scores)
-            results.append(ImageResult(edits, scores, new_set))
+            results.append(ImageResult(edits, scores, new_set, found.parts))
         self.log_dict(self.metrics.means, on_step=False, on_epoch=True, batch_size=1)
         if self.metrics.fid is not None:
             self.log("test/fid", self.metrics.fid, on_step=False, on_epoch=True, batch_size=1)
@@ -190,24 +240,26 @@ class HSpaceEditor(L.LightningModule):
             self.log("test/probe_start_error", self.metrics.probe_start_error, on_step=False, on_epoch=True, batch_size=1)
         return results
 
-    def discover(self, latents: list[Latent], key: DiscoveryKey) -> DirectionSet:
+    def discover(self, latents: list[Latent], key: DiscoveryKey, masks: Tensor) -> DirectionSet:
         x_t = torch.cat([latent.x for latent in latents])
-        return discover(self.hspace, self.method, self.regions, self.masks, x_t, key, self.discovery.chunk_size, self.cache)
+        return discover(self.hspace, self.method, self.regions, masks, x_t, key, self.discovery.chunk_size, self.cache)
 
-    def direction_sets(self, items: list[ImageItem]) -> list[tuple[DirectionSet, Latent, DirectionSet | None]]:
-        """Per image: the set to edit it with, its latent, and the set if discovered here (to be stored, once)."""
+    def direction_sets(self, items: list[ImageItem]) -> list[ImageDirections]:
+        """Per image: the set to edit it with (stored by an earlier run, else discovered here), with its latent and masks."""
         if self.discovery.pool:
             key, latents = self.pooled_key(items), [self.latent(item) for item in items]
             stored = self.store.find(key, self.earlier_runs)
-            new_set = None if stored is not None else self.discover(latents, key)
-            return [(stored or new_set, latent, new_set if i == 0 else None) for i, latent in enumerate(latents)]
+            new_set = None if stored is not None else self.discover(latents, key, self.fixed_masks)
+            return [ImageDirections(stored or new_set, latent, new_set if i == 0 else None, self.fixed_masks, None)
+                    for i, latent in enumerate(latents)]
         found = []
         for item in items:
             key = self.key(item.id, item.image)
             stored = self.store.find(key, self.earlier_runs)
             latent = self.latent(item)
-            new_set = None if stored is not None else self.discover([latent], key)
-            found.append((stored or new_set, latent, new_set))
+            masks, parts = self.image_masks(latent, item.id)
+            new_set = None if stored is not None else self.discover([latent], key, masks)
+            found.append(ImageDirections(stored or new_set, latent, new_set, masks, parts))
         return found
 
     def named_after_factors(self, dset: DirectionSet, edits: ImageEdits, scores: EditScores) -> tuple[DirectionSet, ImageEdits]:

@@ -95,7 +95,7 @@ class Region:
         if self.auto:
             raise ValueError(
                 f"region '{self.name}' is automatic: its mask differs per image; compute it with "
-                "lit_hspace.segment.auto_regions(model, x_t, t, ...) for each image"
+                "lit_hspace.segment.auto_regions(ddim, latent, ...) for each image (a run does so itself)"
             )
         if self.mask is not None:
             try:

@@ -14,6 +14,7 @@ import argparse
 import csv
 import html
 import json
+import shutil
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -260,7 +261,22 @@ def figures(runs: list[Run], out: Path) -> list[tuple[str, Path]]:
     strengths = sorted({a for _, a in strength_cells})
     if len(strengths) > 1:
         found.append(("Strength rows", image_figure(strength_cells, labels, strengths, "", "a =", out / "strength_row.png")))
-    return found
+    return found + parts_figures(runs, out)
+
+
+def parts_figures(runs: list[Run], out: Path) -> list[tuple[str, Path]]:
+    """Each image's automatic parts, coloured and named, from the first run with automatic regions that has it."""
+    found: dict[str, tuple[str, Path]] = {}
+    for run in runs:
+        if not any(region.get("auto") for region in run.manifest.regions):
+            continue
+        for image in run.manifest.images:
+            figure = run.layout.parts_dir(image) / "parts.png"
+            if image not in found and figure.is_file():
+                copy = out / f"parts_{image}.png"
+                shutil.copyfile(figure, copy)
+                found[image] = (f"Automatic parts of {image} ({run.label}, {run.path})", copy)
+    return list(found.values())
 
 
 def html_table(table: tuple[list[str], list[list[str]]]) -> str:

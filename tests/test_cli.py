@@ -91,7 +91,7 @@ def test_pooled_set_of_a_batch_is_the_summed_operators_directions(tmp_path, tiny
     (stored,) = (run / "directions").glob("*.safetensors")
     assert stored.name == "seed000000+1.safetensors"
     module = cli.model
-    weights = module.masks[:1].expand(1, 3, 16, 16).reshape(-1, 1)
+    weights = module.fixed_masks[:1].expand(1, 3, 16, 16).reshape(-1, 1)
     explicit = []
     for seed in (0, 1):
         enc = module.hspace.encode(module.latent(ImageItem(f"seed{seed:06d}", None, seed, None)).x, module.t)
@@ -228,7 +228,7 @@ def test_out_of_memory_names_what_to_lower(tiny_model_dir, monkeypatch):
     module = HSpaceEditor(model=str(tiny_model_dir))
     key = module.key("img", None)
     with pytest.raises(MemoryError, match=r"do not fit in memory on cpu: even one direction per product does not fit"):
-        discover(module.hspace, module.method, module.regions, module.masks, torch.zeros(1, 3, 16, 16), key, chunk_size=48)
+        discover(module.hspace, module.method, module.regions, module.fixed_masks, torch.zeros(1, 3, 16, 16), key, chunk_size=48)
 
 
 def test_images_of_another_size_are_resized_with_a_warning_or_refused(tmp_path):

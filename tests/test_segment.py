@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from lit_hspace.ddim import DDIM, Latent
 from lit_hspace.jacobian import JacobianOperator
 from lit_hspace.regions import PRESETS, Region
 from lit_hspace.segment import (
+    Segmentation,
     auto_regions,
     check_auto_names,
     image_masks,
@@ -14,10 +16,13 @@ from lit_hspace.segment import (
     kmeans,
     label_masks,
     name_parts,
+    pixel_features,
     segment_features,
 )
 from lit_hspace.segment.truth import changeable_pixels, dataset_factors
 from lit_hspace.synth.faces import FACTORS, render
+
+from conftest import read_png, write_config
 
 SIDE = 8
 
@@ -79,66 +84,104 @@ def test_label_masks_are_a_binary_partition():
     assert torch.equal(masks[1, 0], torch.tensor([[0.0, 1, 1], [0, 0, 0], [0, 1, 0]]))
 
 
-def test_names_follow_the_preset_by_overlap():
-    """Each part takes the name of the preset box it overlaps most, one part per name; the rest are part<i>."""
+def test_names_follow_the_preset_by_share_and_merge():
+    """A part takes the name of the box holding the largest share of its pixels, if at least min_share; parts
+    of one name merge into one mask; the rest stay part<i>, after the named regions in the preset's order."""
     size = 32
-    mouth, eyes = Region("m", PRESETS["synth"]["mouth"]).to_mask(size), Region("e", PRESETS["synth"]["eyes"]).to_mask(size)
-    inner_mouth = mouth.clone()
-    inner_mouth[:, :21, :] = 0  # the lower right of the mouth box, clear of the nose box: overlaps mouth less
-    inner_mouth[:, :, :14] = 0
-    outside = torch.zeros(1, size, size)
-    outside[:, 28:, :3] = 1  # overlaps no box
-    rest = 1 - torch.clamp(mouth + eyes + outside, max=1)
-    parts = name_parts(torch.stack([outside, inner_mouth, eyes, mouth, rest]), "synth")
-    assert [p.name for p in parts] == ["part0", "part1", "eyes", "mouth", "hair"]
-    assert parts[2].overlap == 1.0 and parts[3].overlap == 1.0 and parts[0].overlap == 0.0
-    hair = Region("hair", PRESETS["synth"]["hair"]).to_mask(size).bool()
-    assert parts[4].overlap == pytest.approx((hair & rest.bool()).sum().item() / (hair | rest.bool()).sum().item())
-    assert [p.name for p in name_parts(torch.stack([rest, mouth]), None)] == ["part0", "part1"]
+    box = {name: Region(name, PRESETS["synth"][name]).to_mask(size) for name in ("mouth", "eyes", "nose")}
+    inner_mouth = box["mouth"].clone()
+    inner_mouth[:, :, :16] = 0  # the mouth box's right half
+    outer_mouth = box["mouth"] - inner_mouth
+    corner = torch.zeros(1, size, size)
+    corner[:, 28:, :3] = 1  # in no box
+    straddle = torch.zeros(1, size, size)  # 6 of its 10 pixels in the nose box
+    nose_rows = box["nose"][0].any(1).nonzero().flatten()
+    straddle[:, nose_rows[1], 16:19] = 1  # rows of the nose box alone (its first touches the eyes box)
+    straddle[:, nose_rows[2], 16:19] = 1
+    straddle[:, 30, 10:14] = 1
+    assert (straddle * box["nose"]).sum() == 6 and (straddle * (box["mouth"] + box["eyes"])).sum() == 0
+    rest = 1 - (box["mouth"] + box["eyes"] + corner + straddle).clamp(max=1)
+    masks = torch.stack([corner, inner_mouth, box["eyes"], outer_mouth, straddle, rest])
+
+    parts = name_parts(masks, "synth")
+    assert [p.name for p in parts] == ["eyes", "nose", "mouth", "part0", "part5"]
+    named = {p.name: p for p in parts}
+    assert torch.equal(named["mouth"].mask, box["mouth"]) and named["mouth"].share == 1.0
+    assert named["nose"].share == pytest.approx(0.6) and torch.equal(named["nose"].mask, straddle)
+    assert torch.equal(torch.stack([p.mask for p in parts]).sum(0), torch.ones(1, size, size))  # still a partition
+    assert [p.name for p in name_parts(masks, "synth", min_share=0.7)] == ["eyes", "mouth", "part0", "part4", "part5"]
+    assert [p.name for p in name_parts(masks[:2], None)] == ["part0", "part1"]
+
+
+def tiny_latent(tiny_model, t: int = 600, seed: int = 0) -> Latent:
+    return Latent(torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(seed)), t, clip=False)
 
 
 def test_auto_regions_on_a_model_are_binary_masks_covering_the_image(tiny_model):
-    """Every signal gives `parts` binary masks that together cover each pixel exactly once."""
-    x_t = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    """Every signal gives binary masks that together cover each pixel exactly once, each named part with
+    the share of its pixels inside its box that it reports."""
+    ddim = DDIM(tiny_model, 50)
     for signal in ("jacobian", "decoder", "both"):
-        parts = auto_regions(tiny_model, x_t, 600, parts=5, preset="celebahq", signal=signal, k=4, iterations=2)
+        parts = auto_regions(ddim, tiny_latent(tiny_model), "celebahq", Segmentation(parts=5, signal=signal, k=4, iterations=2))
         masks = torch.stack([p.mask for p in parts])
-        assert masks.shape == (5, 1, 16, 16)
+        assert 1 <= len(parts) <= 5 and masks.shape[1:] == (1, 16, 16)
         assert set(masks.unique().tolist()) == {0.0, 1.0}
         assert torch.equal(masks.sum(0), torch.ones(1, 16, 16))
-        for p in parts:  # each named part overlaps its preset box by the IoU it reports
+        for p in parts:
             if not p.name.startswith("part"):
-                box = Region(p.name, PRESETS["celebahq"][p.name]).to_mask(16).bool()
-                assert p.overlap == pytest.approx((p.mask.bool() & box).sum().item() / (p.mask.bool() | box).sum().item())
+                box = Region(p.name, PRESETS["celebahq"][p.name]).to_mask(16)
+                assert p.share == pytest.approx((p.mask * box).sum().item() / p.mask.sum().item()) and p.share >= 0.5
+
+
+def test_features_are_read_at_the_segmentation_timestep(tiny_model):
+    """The parts are those of the features at the latent sampled down to the segmentation timestep: the same
+    k-means of the decoder features at x_s, computed here from DDIM's own sampling."""
+    ddim = DDIM(tiny_model, 50)
+    latent = tiny_latent(tiny_model)
+    settings = Segmentation(parts=4, timestep=0.2, min_share=1.0)
+    s = ddim.timestep_at(0.2)
+    x_s = ddim.sample(latent, stop=s)
+    features = pixel_features(tiny_model, x_s, s, settings)
+    expected = segment_features(features, 4, smoothing=settings.smoothing)
+    found = auto_regions(ddim, latent, None, settings)
+    assert torch.equal(torch.stack([p.mask for p in found]), expected)
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(parts=1), r"parts=1: an image of 256 pixels splits into 2 \.\. 256 parts"),
-        (dict(parts=257), r"parts=257: an image of 256 pixels splits into 2 \.\. 256 parts"),
-        (dict(preset="faces"), r"unknown preset 'faces': presets are celebahq, church, synth"),
+        (dict(parts=1), r"segmentation.parts=1: an image splits into at least 2 parts"),
         (dict(signal="attention"), r"unknown signal 'attention': choose one of jacobian, decoder, both"),
+        (dict(timestep=0.0), r"segmentation.timestep=0.0 must be a fraction of T in \(0, 1\]"),
+        (dict(min_share=1.5), r"segmentation.min_share=1.5 must lie in \(0, 1\]"),
+        (dict(smoothing=-1.0), r"segmentation.smoothing=-1.0 and position_weight=0.0 must be >= 0"),
     ],
 )
-def test_bad_settings_raise_before_compute(tiny_model, kwargs, match):
+def test_bad_settings_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        auto_regions(tiny_model, torch.zeros(1, 3, 16, 16), 600, **kwargs)
+        Segmentation(**kwargs)
 
 
-def test_latent_of_another_size_is_refused(tiny_model):
+def test_bad_use_raises_before_compute(tiny_model):
+    ddim = DDIM(tiny_model, 50)
+    with pytest.raises(ValueError, match=r"parts=257: an image of 256 pixels splits into 2 \.\. 256 parts"):
+        auto_regions(ddim, tiny_latent(tiny_model), None, Segmentation(parts=257))
+    with pytest.raises(ValueError, match=r"unknown preset 'faces': presets are celebahq, church, synth"):
+        auto_regions(ddim, tiny_latent(tiny_model), "faces")
+    with pytest.raises(ValueError, match=r"segmentation.timestep=0.8 \(t = 800\) lies above the edit timestep \(t = 600\)"):
+        auto_regions(ddim, tiny_latent(tiny_model), None, Segmentation(timestep=0.8))
     with pytest.raises(ValueError, match=r"x_t has shape \(1, 3, 32, 32\); this model needs \(1, 3, 16, 16\)"):
-        auto_regions(tiny_model, torch.zeros(1, 3, 32, 32), 600)
+        auto_regions(ddim, Latent(torch.zeros(1, 3, 32, 32), 600, False))
 
 
 def test_image_masks_mix_automatic_and_box_regions(tiny_model):
     """Automatic regions take their part's mask, box regions their box; names are checked before compute."""
-    x_t = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    ddim = DDIM(tiny_model, 50)
     box = Region("own", (0.0, 0.0, 0.5, 0.5))
-    options = dict(k=4, iterations=2)
-    found = auto_regions(tiny_model, x_t, 600, parts=4, preset=None, **options)
-    masks = image_masks(tiny_model, x_t, 600, [Region("part2", auto=True), box], None, parts=4, **options)
-    assert torch.equal(masks[0], found[2].mask) and torch.equal(masks[1], box.to_mask(16))
+    settings = Segmentation(parts=4, k=4, iterations=2)
+    found = {p.name: p.mask for p in auto_regions(ddim, tiny_latent(tiny_model), None, settings)}
+    masks = image_masks(ddim, tiny_latent(tiny_model), [Region("part2", auto=True), box], None, settings)
+    assert torch.equal(masks[0], found["part2"]) and torch.equal(masks[1], box.to_mask(16))
     with pytest.raises(ValueError, match=r"automatic region 'mouth' cannot be named: with preset 'None' and 4 parts"):
         check_auto_names([Region("mouth", auto=True)], None, 4)
 
@@ -177,7 +220,7 @@ def test_cli_writes_masks_regions_and_figure(tiny_model_dir, tmp_path):
     assert [f.name for f in folders] == ["face", "seed000007"]
     for folder in folders:
         entries = yaml.safe_load((folder / "regions.yaml").read_text())
-        assert len(entries) == 3
+        assert 1 <= len(entries) <= 3
         union = torch.zeros(1, 16, 16)
         for entry in entries:
             pixels = np.asarray(Image.open(entry["mask"]))
@@ -192,7 +235,9 @@ def test_cli_writes_masks_regions_and_figure(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize(
     "extra, match",
     [
-        (["--parts", "1"], r"parts=1: an image of 256 pixels splits into 2 \.\. 256 parts"),
+        (["--parts", "1"], r"segmentation.parts=1: an image splits into at least 2 parts"),
+        (["--parts", "300"], r"parts=300: an image of 256 pixels splits into 2 \.\. 256 parts"),
+        (["--segment-timestep", "0.9"], r"segmentation.timestep=0.9 \(t = 900\) lies above the edit timestep \(t = 600\)"),
         (["--preset", "faces"], r"unknown preset 'faces'"),
     ],
 )
@@ -212,3 +257,65 @@ def test_cli_refuses_an_image_of_another_size(tiny_model_dir, tmp_path):
     Image.new("RGB", (20, 16)).save(image)
     with pytest.raises(ValueError, match=r"image '.*big\.png' is 20 x 16, the model's size is 16 x 16: .*--resize"):
         main(["--model", str(tiny_model_dir), "--images", str(image), "--out", str(tmp_path)])
+
+
+def test_a_run_discovers_and_edits_on_automatic_regions(tmp_path, tiny_model_dir):
+    """regions: [{name: part0, auto: true}] end to end: each seed's mask is its own automatic part (found here
+    again from the seed's latent), Haas' directions are those of the explicit Jacobian inside that mask, the
+    parts are written beside the image, and another segmentation setting never reuses the stored sets."""
+    import csv
+
+    from lit_hspace.cli import main
+    from lit_hspace.directions import DirectionSet
+    from lit_hspace.jacobian import principal_angle_sine
+    from lit_hspace.module import ImageItem
+    from lit_hspace.report import main as report
+
+
+    haas = {"class_path": "lit_hspace.methods.Haas", "init_args": {"k": 2, "tol": 1e-5, "max_iter": 100}}
+    auto = [{"name": "part0", "auto": True}]
+    config = write_config(tmp_path, tiny_model_dir, haas, {"seeds": [3, 4]}, regions=auto, name="auto")
+    segmentation = ["--model.init_args.region_preset=null", "--model.init_args.segmentation.parts=4"]
+    module = main(["test", "--config", str(config), *segmentation]).model
+    run = tmp_path / "runs" / "auto" / "version_0"
+    masks = []
+    for seed in (3, 4):
+        image_id = f"seed{seed:06d}"
+        latent = module.latent(ImageItem(image_id, None, seed, None))
+        (mask,) = image_masks(module.ddim, latent, module.regions, None, Segmentation(parts=4))
+        masks.append(mask)
+        written = read_png(run / "images" / image_id / "parts" / "part0.png")[:1] > 0.5
+        assert torch.equal(written.float(), mask)
+        assert (run / "images" / image_id / "parts" / "parts.png").is_file()
+        enc = module.hspace.encode(latent.x, module.t)
+        fn = lambda h: module.hspace.decode(h[None], enc)[0]  # noqa: E731
+        explicit = mask.expand(3, 16, 16).reshape(-1, 1) * torch.autograd.functional.jacobian(fn, enc.h[0]).reshape(3 * 16 * 16, -1)
+        _, s, vh = torch.linalg.svd(explicit, full_matrices=False)
+        found = DirectionSet.load(run / "directions" / f"{image_id}.safetensors")
+        torch.testing.assert_close(found.singular_values, s[:2], rtol=1e-3, atol=0)
+        assert principal_angle_sine(found.directions.flatten(1).T, vh[:2].T).item() < 1e-2
+    assert not torch.equal(masks[0], masks[1])  # one mask per image, not one for the run
+    with open(run / "edits.csv") as f:
+        assert {r["image"] for r in csv.DictReader(f)} == {"seed000003", "seed000004"}
+    report(["--out", str(tmp_path / "report"), str(run)])  # a figure of the parts per image
+    for image_id in ("seed000003", "seed000004"):
+        shown = (tmp_path / "report" / f"parts_{image_id}.png").read_bytes()
+        assert shown == (run / "images" / image_id / "parts" / "parts.png").read_bytes()
+        assert f"parts_{image_id}.png" in (tmp_path / "report" / "index.html").read_text()
+
+    main(["test", "--config", str(config), *segmentation])  # the same settings: the stored sets are reused
+    assert not (tmp_path / "runs" / "auto" / "version_1" / "directions").exists()
+    main(["test", "--config", str(config), "--model.init_args.region_preset=null", "--model.init_args.segmentation.parts=5"])
+    assert len(list((tmp_path / "runs" / "auto" / "version_2" / "directions").glob("*.safetensors"))) == 2
+
+
+def test_automatic_regions_are_refused_where_they_cannot_work(tiny_model_dir):
+    from lit_hspace.module import HSpaceEditor
+    from lit_hspace.settings import DiscoverySettings
+
+    with pytest.raises(ValueError, match=r"automatic region 'chin' cannot be named: with preset 'celebahq' and 24 parts"):
+        HSpaceEditor(model=str(tiny_model_dir), regions=[Region("chin", auto=True)])
+    with pytest.raises(ValueError, match=r"discovery.pool finds one set with one mask per region for all images"):
+        HSpaceEditor(model=str(tiny_model_dir), regions=[Region("mouth", auto=True)], discovery=DiscoverySettings(pool=True))
+    with pytest.raises(ValueError, match=r"segmentation.timestep=0.8 \(t = 800\) lies above the edit timestep"):
+        HSpaceEditor(model=str(tiny_model_dir), regions=[Region("mouth", auto=True)], segmentation=Segmentation(timestep=0.8))

@@ -1,25 +1,28 @@
-"""Automatic region masks from the model itself, per image and timestep.
+"""Automatic region masks from the model itself, per image.
 
-Two signals the model already gives at x_t:
+Two signals the model already gives, read at a segmentation timestep (the image's latent sampled down to it):
+- "decoder" (default): the UNet's up-block outputs, upsampled to the image size and concatenated.
 - "jacobian": output pixels whose Jacobian rows respond to the same h-space directions belong to the same
   part. Each pixel's rows of J projected on the top-k right singular vectors V (the pixel's entries of J V,
-  one per channel and direction) are its feature; k-means groups them.
-- "decoder": the UNet's up-block outputs at x_t, upsampled to the image size and concatenated.
-"both" concatenates the two, each scaled to unit mean norm. Pixel coordinates join as a weak feature
-(`position_weight`), so that parts are spatially coherent.
-
-Parts are named after the preset region they overlap most (`name_parts`); the preset never shapes them.
+  one per channel and direction) are its feature.
+"both" concatenates the two, each scaled to unit mean norm. The features are smoothed over neighbouring pixels
+and k-means over-segments the image into many small parts; parts are then named after the preset box that holds
+most of their pixels, and parts of one name are merged (`name_parts`). The preset never shapes a part.
+The defaults are the measured best on the built-in model (docs/segmentation.md).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.transforms.functional import gaussian_blur
 
+from lit_hspace.ddim import DDIM, Latent
 from lit_hspace.hspace import Encoded, HSpaceUNet
 from lit_hspace.jacobian import JacobianOperator, subspace_iteration
 from lit_hspace.regions import PRESETS, Region
@@ -28,13 +31,55 @@ Signal = Literal["jacobian", "decoder", "both"]
 SIGNALS: tuple[str, ...] = ("jacobian", "decoder", "both")
 
 
+@dataclass(frozen=True)
+class Segmentation:
+    """How automatic parts are found; the defaults are measured in docs/segmentation.md.
+
+    Args:
+        parts: k-means clusters per image, before parts of one name are merged.
+        signal: "decoder", "jacobian" or "both" (see the module's docstring).
+        timestep: fraction of T where the features are read; the image's latent is sampled down to it, so it
+            may not lie above the edit timestep.
+        smoothing: sigma, in pixels, of the Gaussian that smooths the features over neighbouring pixels (0: none).
+        position_weight: the weight of pixel coordinates beside features at unit mean norm.
+        min_share: a part is named after the preset box that holds the largest share of its pixels, if that
+            share is at least this; otherwise it stays part<i>.
+        k, iterations: the Jacobian signal projects on the top-k right singular vectors after this many subspace
+            iterations (the features need their span, not converged vectors).
+        seed: k-means++ and subspace-iteration seed.
+    """
+
+    parts: int = 24
+    signal: Signal = "decoder"
+    timestep: float = 0.02
+    smoothing: float = 0.7
+    position_weight: float = 0.0
+    min_share: float = 0.5
+    k: int = 8
+    iterations: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.parts < 2:
+            raise ValueError(f"segmentation.parts={self.parts}: an image splits into at least 2 parts")
+        check_signal(self.signal)
+        if not 0.0 < self.timestep <= 1.0:
+            raise ValueError(f"segmentation.timestep={self.timestep} must be a fraction of T in (0, 1]")
+        if self.smoothing < 0 or self.position_weight < 0:
+            raise ValueError(f"segmentation.smoothing={self.smoothing} and position_weight={self.position_weight} must be >= 0")
+        if not 0.0 < self.min_share <= 1.0:
+            raise ValueError(f"segmentation.min_share={self.min_share} must lie in (0, 1]")
+        if self.k < 1 or self.iterations < 1:
+            raise ValueError(f"segmentation.k={self.k} and iterations={self.iterations} must be >= 1")
+
+
 @dataclass
 class AutoRegion:
-    """One automatic part of an image."""
+    """One automatic part of an image (several k-means clusters merged where they share a name)."""
 
-    name: str  # the preset region it overlaps most, or part<i>
+    name: str  # the preset region whose box holds most of its pixels, or part<i>
     mask: Tensor  # (1, H, W) of 0 and 1
-    overlap: float  # IoU with the named preset region's box (0 for part<i>)
+    share: float  # the share of its pixels inside the named region's box (0 for part<i>)
 
     def region(self, mask_path: str) -> Region:
         """The config entry for this part, its mask stored at `mask_path`."""
@@ -147,85 +192,87 @@ def iou(a: Tensor, b: Tensor) -> float:
     return (a & b).sum().item() / union if union else 0.0
 
 
-def name_parts(masks: Tensor, preset: str | None) -> list[AutoRegion]:
-    """Name each (1, H, W) mask of `masks` (parts, 1, H, W) after a preset region, one part per region.
+def name_parts(masks: Tensor, preset: str | None, min_share: float = 0.5) -> list[AutoRegion]:
+    """Name the (1, H, W) masks of `masks` (parts, 1, H, W) after the preset's regions, merging parts of one name.
 
-    Each part is scored against each region's box by IoU; pairs are taken best first, each part and each region
-    once, so a region names the part it overlaps most. Parts left over, or overlapping no region, are part<i>
-    (i = their index). Without a preset every part is part<i>.
+    A part is named after the region whose box holds the largest share of its pixels, if that share is at least
+    `min_share`; all parts of one name become one mask. Over-segmented parts so assemble a region that k-means
+    splits (two eyes, lips and the skin they move over). The others stay part<i> (i: their index in `masks`).
+    Named regions come first, in the preset's order, then the part<i>. Without a preset every part is part<i>.
     """
     check_preset(preset)
     boxes = {name: Region(name, box).to_mask(masks.shape[-1]) for name, box in PRESETS.get(preset or "", {}).items()}
     if masks.shape[-1] != masks.shape[-2] and boxes:
         raise ValueError(f"preset boxes need square masks, got {tuple(masks.shape[-2:])}")
-    scores = sorted(((iou(m, box), i, name) for i, m in enumerate(masks) for name, box in boxes.items()), reverse=True)
-    names: dict[int, tuple[str, float]] = {}
-    for score, i, name in scores:
-        if score > 0 and i not in names and name not in {n for n, _ in names.values()}:
-            names[i] = (name, score)
-    named = [names.get(i, (f"part{i}", 0.0)) for i in range(len(masks))]
-    return [AutoRegion(name, mask, score) for (name, score), mask in zip(named, masks)]
+    named: dict[str, list[Tensor]] = {name: [] for name in boxes}
+    unnamed: list[AutoRegion] = []
+    for i, mask in enumerate(masks):
+        shares = {name: (mask * box).sum().item() / max(mask.sum().item(), 1.0) for name, box in boxes.items()}
+        best = max(shares, key=shares.get, default=None)
+        if best is not None and shares[best] >= min_share:
+            named[best].append(mask)
+        else:
+            unnamed.append(AutoRegion(f"part{i}", mask, 0.0))
+    regions = []
+    for name, parts in named.items():
+        if parts:
+            mask = torch.stack(parts).amax(0)
+            regions.append(AutoRegion(name, mask, (mask * boxes[name]).sum().item() / mask.sum().item()))
+    return regions + unnamed
 
 
-def segment_features(features: Tensor, parts: int, position_weight: float = 0.0, seed: int = 0) -> Tensor:
-    """(parts, 1, H, W) masks: k-means of (D, H, W) pixel features, optionally with weighted coordinates."""
+def segment_features(features: Tensor, parts: int, position_weight: float = 0.0, seed: int = 0, smoothing: float = 0.0) -> Tensor:
+    """(parts, 1, H, W) masks: k-means of (D, H, W) pixel features, smoothed over neighbouring pixels by a
+    Gaussian of sigma `smoothing` pixels, optionally with weighted coordinates."""
     _, height, width = features.shape
     check_parts(parts, height * width)
+    features = unit_mean_norm(features)
+    if smoothing > 0:
+        size = 2 * math.ceil(3 * smoothing) + 1
+        features = gaussian_blur(features, [size, size], [smoothing, smoothing])
     features = with_position(features, position_weight) if position_weight else unit_mean_norm(features)
     labels = kmeans(features.flatten(1).T, parts, seed=seed)
     return label_masks(labels, parts, height, width)
 
 
 def auto_regions(
-    model: HSpaceUNet,
-    x_t: Tensor,
-    t: int,
-    parts: int = 8,
-    preset: str | None = None,
-    signal: Signal = "jacobian",
-    k: int = 8,
-    iterations: int = 3,
-    position_weight: float = 0.5,
-    seed: int = 0,
-    chunk_size: int | None = None,
+    ddim: DDIM, latent: Latent, preset: str | None = None, settings: Segmentation = Segmentation(), chunk_size: int | None = None
 ) -> list[AutoRegion]:
-    """The automatic parts of the image whose latent at timestep t is x_t (1, C, H, W), named by `preset`.
-
-    parts: how many parts (k-means clusters). k, iterations: the Jacobian signal projects on the top-k right
-    singular vectors after this many subspace iterations (the features need their span, not converged vectors).
-    position_weight: the weight of pixel coordinates beside features at unit mean norm.
-    """
-    if x_t.shape != (1, *model.image_shape):
-        raise ValueError(f"x_t has shape {tuple(x_t.shape)}; this model needs (1, {', '.join(map(str, model.image_shape))})")
-    check_parts(parts, x_t.shape[-1] * x_t.shape[-2])
+    """The automatic parts of the image whose latent (one image) is `latent`, named by `preset`."""
+    model = ddim.model
+    if latent.x.shape != (1, *model.image_shape):
+        raise ValueError(f"x_t has shape {tuple(latent.x.shape)}; this model needs (1, {', '.join(map(str, model.image_shape))})")
+    check_parts(settings.parts, latent.x.shape[-1] * latent.x.shape[-2])
     check_preset(preset)
-    check_signal(signal)
-    features = pixel_features(model, x_t, t, signal, k, iterations, seed, chunk_size)
-    return name_parts(segment_features(features, parts, position_weight, seed), preset)
+    t = check_timestep(ddim, settings, latent.t)
+    features = pixel_features(model, ddim.descend(latent, t).x, t, settings, chunk_size)
+    masks = segment_features(features, settings.parts, settings.position_weight, settings.seed, settings.smoothing)
+    return name_parts(masks, preset, settings.min_share)
 
 
-def pixel_features(
-    model: HSpaceUNet,
-    x_t: Tensor,
-    t: int,
-    signal: Signal,
-    k: int = 8,
-    iterations: int = 3,
-    seed: int = 0,
-    chunk_size: int | None = None,
-) -> Tensor:
-    """(D, H, W) features of every output pixel from `signal`. The Jacobian's are per-pixel unit vectors:
-    which directions a pixel responds to, not how strongly (measured better in docs/segmentation.md)."""
-    check_signal(signal)
+def check_timestep(ddim: DDIM, settings: Segmentation, edit_t: int) -> int:
+    """The segmentation timestep, which the latent at the edit timestep can descend to."""
+    t = ddim.timestep_at(settings.timestep)
+    if t > edit_t:
+        raise ValueError(
+            f"segmentation.timestep={settings.timestep} (t = {t}) lies above the edit timestep (t = {edit_t}): "
+            "the features are read on the way down from the edit's latent; choose a fraction at most the edit's"
+        )
+    return t
+
+
+def pixel_features(model: HSpaceUNet, x_t: Tensor, t: int, settings: Segmentation = Segmentation(), chunk_size: int | None = None) -> Tensor:
+    """(D, H, W) features of every output pixel at x_t, t from `settings.signal`. The Jacobian's are per-pixel
+    unit vectors: which directions a pixel responds to, not how strongly (measured better in docs/segmentation.md)."""
     with torch.no_grad():
         enc = model.encode(x_t, t)
     chosen = []
-    if signal in ("jacobian", "both"):
+    if settings.signal in ("jacobian", "both"):
         jac = JacobianOperator.of_decoder(model, enc, chunk_size)
-        generator = torch.Generator().manual_seed(seed)
-        rows = jacobian_features(jac, k, generator, oversample=k, max_iter=iterations, tol=1e-2)
+        generator = torch.Generator().manual_seed(settings.seed)
+        rows = jacobian_features(jac, settings.k, generator, oversample=settings.k, max_iter=settings.iterations, tol=1e-2)
         chosen.append(rows / rows.norm(dim=0, keepdim=True).clamp(min=1e-12))
-    if signal in ("decoder", "both"):
+    if settings.signal in ("decoder", "both"):
         chosen.append(decoder_features(model, enc))
     return torch.cat([unit_mean_norm(f) for f in chosen])
 
@@ -243,16 +290,22 @@ def check_auto_names(regions: list[Region], preset: str | None, parts: int) -> N
 
 
 def image_masks(
-    model: HSpaceUNet, x_t: Tensor, t: int, regions: list[Region], preset: str | None, parts: int = 8, **options
+    ddim: DDIM, latent: Latent, regions: list[Region], preset: str | None, settings: Segmentation = Segmentation(),
+    chunk_size: int | None = None,
 ) -> Tensor:
     """(N, 1, H, W) masks of resolved `regions` for one image: automatic ones from `auto_regions` (computed
     once, only if some region is automatic), the others from their box or file."""
-    check_auto_names(regions, preset, parts)
-    size = model.output_shape[-1]
-    if not any(r.auto for r in regions):
-        return torch.stack([r.to_mask(size) for r in regions])
-    found = {p.name: p.mask for p in auto_regions(model, x_t, t, parts, preset, **options)}
+    check_auto_names(regions, preset, settings.parts)
+    size = ddim.model.output_shape[-1]
+    parts = auto_regions(ddim, latent, preset, settings, chunk_size) if any(r.auto for r in regions) else []
+    return masks_of_parts(regions, parts, size).to(latent.x)
+
+
+def masks_of_parts(regions: list[Region], parts: list[AutoRegion], size: int, image: str = "this image") -> Tensor:
+    """(N, 1, size, size) masks of resolved `regions`: an automatic one is the part of its name, the others
+    their box or file."""
+    found = {p.name: p.mask for p in parts}
     missing = [r.name for r in regions if r.auto and r.name not in found]
     if missing:
-        raise ValueError(f"no automatic part of this image overlaps {', '.join(missing)}; found {', '.join(found)}")
-    return torch.stack([found[r.name].to(x_t) if r.auto else r.to_mask(size).to(x_t) for r in regions])
+        raise ValueError(f"no automatic part of {image} is named {', '.join(missing)}; its parts are {', '.join(found)}")
+    return torch.stack([found[r.name].cpu() if r.auto else r.to_mask(size) for r in regions])
