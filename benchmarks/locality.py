@@ -49,13 +49,13 @@ def data_source(source: str, seeds: list[int], batch_size: int = 1) -> str:
 
 
 def run(command: str, method: str, seeds: list[int], strengths: list[float], save_dir: Path, *extra: str, source: str = "seeds",
-        batch_size: int = 1, region: str = "mouth", auto: bool = False) -> Path:
+        batch_size: int = 1, region: str = "mouth", joint: list[str] | None = None, auto: bool = False) -> Path:
     """One CLI run of the method's config on seeds or on dataset faces (numbered like seeds); returns its run directory.
-    auto: every region of the run is automatic (found per image, named after the synth preset's boxes)."""
+    joint: JIVE's regions (default: its config's); auto: every region of the run is automatic (found per image,
+    named after the synth preset's boxes)."""
     name = f"{method}_{command}_{len(list(save_dir.glob('*')))}"
-    regions = [region]
-    if method == "jive":  # JIVE finds every region's directions together; its config edits those of one region
-        regions = ["eyes", "mouth", "nose", "brows"] if auto else []
+    # JIVE finds every region's directions together; its config edits those of one region.
+    regions = (joint or []) if method == "jive" else [region]
     if auto:
         regions = [{"name": r, "auto": True} for r in regions]
     cli([
@@ -139,6 +139,14 @@ def consistency(rows: list[dict], reference_names: dict[str, str]) -> dict[str, 
     return table
 
 
+def publish(report: str, out: Path | None) -> None:
+    """Print the report, and write it to `out` where given."""
+    print(report)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report + "\n")
+
+
 def markdown(table: dict[str, dict], first: str) -> str:
     columns = list(next(iter(table.values())))
     lines = [f"| {first} | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
@@ -146,6 +154,10 @@ def markdown(table: dict[str, dict], first: str) -> str:
         cells = [f"{v:d}" if isinstance(v, int) else f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# JIVE's regions in the comparison: the two that every dataset face's segmentation names (docs/segmentation.md).
+JIVE_AUTO_REGIONS = ["eyes", "mouth"]
 
 
 def compare_auto_regions(args: argparse.Namespace) -> None:
@@ -156,7 +168,8 @@ def compare_auto_regions(args: argparse.Namespace) -> None:
         for method in args.methods:
             for auto in (False, True):
                 start = time.perf_counter()
-                rows = moved_rows(run("test", method, seeds, args.strengths, Path(tmp), source=args.source, region=args.region, auto=auto))
+                rows = moved_rows(run("test", method, seeds, args.strengths, Path(tmp), source=args.source, region=args.region,
+                                      joint=JIVE_AUTO_REGIONS, auto=auto))
                 scores = locality(rows)
                 table[f"{method}, {'automatic' if auto else 'preset box'}"] = {
                     key: scores[key] for key in ("edits", "target factor change", "off-target change", "MSE inside", "MSE outside")
@@ -170,15 +183,12 @@ def compare_auto_regions(args: argparse.Namespace) -> None:
         f"# Directions on automatic regions against the preset boxes: {args.region}",
         f"`{command}` on {platform.machine()} ({torch.get_num_threads()} threads), torch {torch.__version__}. Each method's "
         f"configs/synth/<method>_mouth.yaml on the same images, once with its regions as the synth preset's boxes and once "
-        "as automatic regions of the same names (lit_hspace.segment defaults). Target = the largest change among the "
-        f"{args.region}'s factors, off-target = the mean change of the other factors (factor probe, a factor's range = 1). "
+        f"as automatic regions of the same names (lit_hspace.segment defaults); JIVE's regions are {', '.join(JIVE_AUTO_REGIONS)}. "
+        f"Target = the largest change among the {args.region}'s factors, off-target = the mean change of the other factors (factor probe, a factor's range = 1). "
         "MSE inside and outside are each measured in the run's own mask, so they do not compare across the two.",
         markdown(table, "method, regions"),
     ])
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report + "\n")
+    publish(report, args.out)
 
 
 def main() -> None:
@@ -257,10 +267,7 @@ def main() -> None:
         "per-image mean change.",
         markdown(transfer, "method, source, direction"),
     ])
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report + "\n")
+    publish(report, args.out)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from lit_hspace.jacobian import JacobianOperator
 from lit_hspace.methods import RBE
 from lit_hspace.regions import PRESETS, Region
 from lit_hspace.segment import Segmentation, auto_regions, iou
-from lit_hspace.segment.truth import REGION_NAMES, changeable_pixels, dataset_factors
+from lit_hspace.segment.truth import REGION_NAMES, changeable_pixels, dataset_factors, locally_changed_pixels
 from lit_hspace.synth.faces import synth_face
 
 
@@ -49,7 +49,8 @@ def main() -> None:
     ddim = DDIM(model, 50)
     t = ddim.timestep_at(0.6)
     boxes = {name: Region(name, PRESETS["synth"][name]).to_mask(32) for name in REGION_NAMES}
-    scores = {key: {name: [] for name in REGION_NAMES} for key in ["preset boxes", *args.variants]}
+    local = "pixels a 10% step of each factor moves (the face's own view of the region)"
+    scores = {key: {name: [] for name in REGION_NAMES} for key in ["preset boxes", local, *args.variants]}
     seconds = {key: [] for key in [*args.variants, "discovery (RBE, k 10)"]}
     for i in range(args.num_images):
         image, _ = synth_face(40_000_000 + i, 32)
@@ -58,6 +59,7 @@ def main() -> None:
         truth = {name: changeable_pixels(dataset_factors(i), name, 32) for name in REGION_NAMES}
         for name in REGION_NAMES:
             scores["preset boxes"][name].append(iou(boxes[name], truth[name]))
+            scores[local][name].append(iou(locally_changed_pixels(dataset_factors(i), name, 32, 0.1), truth[name]))
         for variant in args.variants:
             start = time.perf_counter()
             parts = {p.name: p.mask for p in auto_regions(ddim, latent, "synth", VARIANTS[variant])}

@@ -19,7 +19,7 @@ from lit_hspace.segment import (
     pixel_features,
     segment_features,
 )
-from lit_hspace.segment.truth import changeable_pixels, dataset_factors
+from lit_hspace.segment.truth import changeable_pixels, dataset_factors, locally_changed_pixels
 from lit_hspace.synth.faces import FACTORS, render
 
 from conftest import read_png, write_config
@@ -147,9 +147,23 @@ def test_features_are_read_at_the_segmentation_timestep(tiny_model):
     assert torch.equal(torch.stack([p.mask for p in found]), expected)
 
 
+def test_large_images_are_clustered_on_a_coarser_grid(tiny_model):
+    """cluster_side 8 on a 16 px model: every part is a union of whole 2 x 2 blocks, and the parts still cover each
+    pixel exactly once; parts beyond the grid's 64 pixels are refused."""
+    ddim = DDIM(tiny_model, 50)
+    parts = auto_regions(ddim, tiny_latent(tiny_model), None, Segmentation(parts=6, cluster_side=8, min_share=1.0))
+    masks = torch.stack([p.mask for p in parts])
+    assert torch.equal(masks.sum(0), torch.ones(1, 16, 16))
+    blocks = masks.unflatten(-1, (8, 2)).unflatten(-3, (8, 2))  # (P, 1, 8, 2, 8, 2)
+    assert torch.equal(blocks.amax((-3, -1)), blocks.amin((-3, -1)))
+    with pytest.raises(ValueError, match=r"parts=65: an image of 64 pixels splits into 2 \.\. 64 parts"):
+        auto_regions(ddim, tiny_latent(tiny_model), None, Segmentation(parts=65, cluster_side=8))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
+        (dict(cluster_side=1), r"segmentation.cluster_side=1: the grid needs at least 2 pixels a side"),
         (dict(parts=1), r"segmentation.parts=1: an image splits into at least 2 parts"),
         (dict(signal="attention"), r"unknown signal 'attention': choose one of jacobian, decoder, both"),
         (dict(timestep=0.0), r"segmentation.timestep=0.0 must be a fraction of T in \(0, 1\]"),
@@ -202,6 +216,21 @@ def test_ground_truth_holds_exactly_the_pixels_the_factors_change():
             assert not (changed & ~truth).any()
     with pytest.raises(ValueError, match="no factor changes region 'chin'"):
         changeable_pixels(factors, "chin", 32)
+
+
+def test_local_change_is_what_small_factor_steps_move():
+    """The face's own view of a region: the pixels that renderings with one factor 10% up or down change,
+    rendered here one by one; within the region's ground truth."""
+    factors = dataset_factors(3)
+    base = np.asarray(render(factors, 32), dtype=np.int16)
+    expected = np.zeros((32, 32), dtype=bool)
+    for f in (f for f in FACTORS if f.region == "mouth"):
+        for step in (-0.1, 0.1):
+            value = float(np.clip(factors[f.name] + step * (f.high - f.low), f.low, f.high))
+            expected |= (np.asarray(render({**factors, f.name: value}, 32), dtype=np.int16) != base).any(-1)
+    local = locally_changed_pixels(factors, "mouth", 32, 0.1)[0].bool().numpy()
+    assert expected.any() and np.array_equal(local, expected)
+    assert not (local & ~changeable_pixels(factors, "mouth", 32)[0].bool().numpy()).any()
 
 
 def test_cli_writes_masks_regions_and_figure(tiny_model_dir, tmp_path):
