@@ -35,6 +35,7 @@ VARIANTS: dict[str, Segmentation] = {
     "decoder at 0.6T": Segmentation(timestep=0.6),
     "no smoothing": Segmentation(smoothing=0.0),
     "8 parts": Segmentation(parts=8),
+    "parts split into connected pieces": Segmentation(connected=True),
 }
 
 

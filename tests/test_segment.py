@@ -11,6 +11,7 @@ from lit_hspace.segment import (
     Segmentation,
     auto_regions,
     check_auto_names,
+    connected_pieces,
     image_masks,
     jacobian_features,
     kmeans,
@@ -145,6 +146,26 @@ def test_features_are_read_at_the_segmentation_timestep(tiny_model):
     expected = segment_features(features, 4, smoothing=settings.smoothing)
     found = auto_regions(ddim, latent, None, settings)
     assert torch.equal(torch.stack([p.mask for p in found]), expected)
+
+
+def test_connected_pieces_of_planted_masks():
+    """Two separate blocks split in two, a pixel touching one only at a corner is its own piece (4-connectivity),
+    a ring stays one piece, and the rest splits into the ring's inside and its outside; the pieces still cover each
+    pixel once."""
+    two = torch.zeros(1, 8, 8)
+    two[:, :2, :2] = 1
+    two[:, 5:, 5:] = 1
+    two[:, 2, 2] = 1  # touches the first block at a corner only: its own piece
+    ring = torch.zeros(1, 8, 8)
+    ring[:, 1:6, 4] = ring[:, 1, 4:7] = ring[:, 5, 4:7] = ring[:, 1:6, 6] = 1
+    ring = ring * (1 - two)
+    rest = 1 - two - ring
+    pieces = connected_pieces(torch.stack([two, ring, rest]))
+    assert torch.equal(pieces.sum(0), torch.ones(1, 8, 8))
+    sizes = sorted(int(p.sum()) for p in pieces[:3])
+    assert sizes == [1, 4, 9]  # the corner pixel, the 2 x 2 block, the 3 x 3 block
+    assert len(pieces) == 6 and torch.equal(pieces[3], ring)
+    assert sorted(int(p.sum()) for p in pieces[4:]) == [3, int(rest.sum()) - 3]  # the ring's inside: 3 pixels
 
 
 def test_large_images_are_clustered_on_a_coarser_grid(tiny_model):

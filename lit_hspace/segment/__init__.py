@@ -44,6 +44,8 @@ class Segmentation:
         position_weight: the weight of pixel coordinates beside features at unit mean norm.
         min_share: a part is named after the preset box that holds the largest share of its pixels, if that
             share is at least this; otherwise it stays part<i>.
+        connected: split every k-means part into its 4-connected pieces before naming, so that a stray piece of a
+            cluster elsewhere in the image is named on its own (docs/segmentation.md: a trade-off, off by default).
         cluster_side: parts are found on a grid of at most this many pixels a side (features area-averaged onto
             it) and upsampled to the image: at 256 px a 64 x 64 grid makes k-means 16 times cheaper in time and
             memory; images this size or smaller are clustered pixel by pixel.
@@ -58,6 +60,7 @@ class Segmentation:
     smoothing: float = 0.7
     position_weight: float = 0.0
     min_share: float = 0.5
+    connected: bool = False
     cluster_side: int = 64
     k: int = 8
     iterations: int = 3
@@ -199,6 +202,26 @@ def label_masks(labels: Tensor, parts: int, height: int, width: int) -> Tensor:
     return F.one_hot(labels, parts).T.reshape(parts, 1, height, width).float()
 
 
+def connected_pieces(masks: Tensor) -> Tensor:
+    """(Q, 1, H, W): every 0/1 mask of `masks` (P, 1, H, W) split into its 4-connected pieces, mask by mask, each
+    mask's pieces in the order of their last pixel in raster order. Labels spread by a maximum over each pixel's
+    four neighbours inside the mask until nothing changes."""
+    pieces = []
+    for mask in masks:
+        inside = mask[0] > 0
+        height, width = inside.shape
+        labels = torch.where(inside, torch.arange(1, height * width + 1, dtype=torch.float32).reshape(height, width), 0.0)
+        while True:
+            padded = F.pad(labels, (1, 1, 1, 1))
+            spread = torch.stack([labels, padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]).amax(0)
+            spread = torch.where(inside, spread, 0.0)
+            if torch.equal(spread, labels):
+                break
+            labels = spread
+        pieces += [(labels == label).to(mask)[None] for label in labels.unique() if label > 0]
+    return torch.stack(pieces)
+
+
 def iou(a: Tensor, b: Tensor) -> float:
     """Intersection over union of two 0/1 masks (0 where both are empty)."""
     a, b = a.bool(), b.bool()
@@ -263,6 +286,8 @@ def auto_regions(
     t = check_timestep(ddim, settings, latent.t)
     features = pixel_features(model, ddim.descend(latent, t).x, t, settings, chunk_size, grid)
     masks = segment_features(features, settings.parts, settings.position_weight, settings.seed, settings.smoothing)
+    if settings.connected:
+        masks = connected_pieces(masks)
     masks = F.interpolate(masks, size=(height, width), mode="nearest")  # a partition stays one
     return name_parts(masks, preset, settings.min_share)
 
