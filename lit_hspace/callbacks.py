@@ -11,10 +11,10 @@ from torchvision.utils import save_image
 
 from lit_hspace.directions import DirectionSet
 from lit_hspace.figures import labelled_grid, outlined
-from lit_hspace.segment.files import write_parts
 from lit_hspace.layout import RunLayout
 from lit_hspace.metrics import to_unit
 from lit_hspace.module import ImageResult
+from lit_hspace.segment.files import write_parts
 from lit_hspace.tracking import WandbTracker, loggers_with
 
 

@@ -369,3 +369,6 @@ def test_automatic_regions_are_refused_where_they_cannot_work(tiny_model_dir):
         HSpaceEditor(model=str(tiny_model_dir), regions=[Region("mouth", auto=True)], discovery=DiscoverySettings(pool=True))
     with pytest.raises(ValueError, match=r"segmentation.timestep=0.8 \(t = 800\) lies above the edit timestep"):
         HSpaceEditor(model=str(tiny_model_dir), regions=[Region("mouth", auto=True)], segmentation=Segmentation(timestep=0.8))
+    with pytest.raises(ValueError, match=r"parts=300: an image of 256 pixels splits into 2 \.\. 256 parts"):
+        HSpaceEditor(model=str(tiny_model_dir), regions=[Region("part0", auto=True)], region_preset=None,
+                     segmentation=Segmentation(parts=300))

@@ -280,8 +280,7 @@ def auto_regions(
     if latent.x.shape != (1, *model.image_shape):
         raise ValueError(f"x_t has shape {tuple(latent.x.shape)}; this model needs (1, {', '.join(map(str, model.image_shape))})")
     height, width = model.output_shape[-2:]
-    grid = (min(height, settings.cluster_side), min(width, settings.cluster_side))
-    check_parts(settings.parts, grid[0] * grid[1])
+    grid = cluster_grid(settings, height, width)
     check_preset(preset)
     t = check_timestep(ddim, settings, latent.t)
     features = pixel_features(model, ddim.descend(latent, t).x, t, settings, chunk_size, grid)
@@ -290,6 +289,13 @@ def auto_regions(
         masks = connected_pieces(masks)
     masks = F.interpolate(masks, size=(height, width), mode="nearest")  # a partition stays one
     return name_parts(masks, preset, settings.min_share)
+
+
+def cluster_grid(settings: Segmentation, height: int, width: int) -> tuple[int, int]:
+    """The grid an image of height x width is clustered on, checked to hold at least `settings.parts` pixels."""
+    grid = (min(height, settings.cluster_side), min(width, settings.cluster_side))
+    check_parts(settings.parts, grid[0] * grid[1])
+    return grid
 
 
 def check_timestep(ddim: DDIM, settings: Segmentation, edit_t: int) -> int:

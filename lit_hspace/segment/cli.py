@@ -11,7 +11,7 @@ import torch
 from lit_hspace.data import ImageFiles, image_size, list_images
 from lit_hspace.ddim import DDIM, Latent
 from lit_hspace.hspace import HSpaceUNet
-from lit_hspace.segment import SIGNALS, Segmentation, auto_regions, check_parts, check_preset, check_timestep
+from lit_hspace.segment import SIGNALS, Segmentation, auto_regions, check_preset, check_timestep, cluster_grid
 from lit_hspace.segment.files import write_parts
 
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     files = list_images(args.images) if args.images else []
     model = HSpaceUNet.from_pretrained(args.model)
     side = model.image_shape[-1]
-    check_parts(args.parts, side * side)
+    cluster_grid(settings, *model.output_shape[-2:])
     if not args.resize:
         for path in files:
             if image_size(path) != (side, side):
