@@ -1,10 +1,11 @@
 """The discovery cache: the expensive intermediate results of discovery, stored once and reused by every later
 run (and every sweep agent, DDP rank or process) that needs the same thing.
 
-Two kinds of entries, each a safetensors file named by a digest of its key:
+Three kinds of entries, each a safetensors file named by a digest of its key:
 
     <root>/latents/<digest>.safetensors   an image's (or seed's) latent x_t, per inversion settings
     <root>/solves/<digest>.safetensors    one converged subspace solve: vectors, values, basis
+    <root>/parts/<digest>.safetensors     an image's automatic parts, per latent, preset and segmentation settings
 
 A key holds everything that determines the result: the model's fingerprint, the operator's point (a digest
 of x_t's values, t, dtype, device type), the masks' and any projection's values, k, width, tolerance,
@@ -39,6 +40,7 @@ from torch import Tensor
 from lit_hspace.ddim import Latent
 from lit_hspace.directions import canonical, save_atomically
 from lit_hspace.jacobian import TruncatedSVD
+from lit_hspace.segment import AutoRegion
 
 FORMAT = "lit_hspace.cache/1"
 
@@ -113,6 +115,21 @@ class DiscoveryCache:
         tensors = {"x": latent.x} | ({} if latent.noise is None else {"noise": latent.noise})
         self.write("latents", key, tensors, {"t": latent.t, "clip": latent.clip, "residual": latent.residual})
         return latent
+
+    def parts(self, key: dict[str, Any], compute: Callable[[], list[AutoRegion]], device: torch.device | str) -> list[AutoRegion]:
+        """The automatic parts for `key` (everything that decides them: model, latent, preset, segmentation)."""
+        found = self.read("parts", key)
+        if found is not None:
+            self.counts.hits += 1
+            tensors, facts = found
+            masks = tensors["masks"].to(device, getattr(torch, facts["dtype"]))  # stored as 0/1 bytes
+            return [AutoRegion(name, mask, share) for name, mask, share in zip(facts["names"], masks, facts["shares"], strict=True)]
+        parts = compute()
+        self.counts.computed += 1
+        masks = torch.stack([part.mask for part in parts])
+        facts = {"names": [p.name for p in parts], "shares": [p.share for p in parts], "dtype": str(masks.dtype).removeprefix("torch.")}
+        self.write("parts", key, {"masks": masks.to(torch.uint8)}, facts)
+        return parts
 
     def solves(self, operator: dict[str, Any], device: torch.device | str) -> CachedSolves:
         """The solve memo for one Jacobian operator (`operator`: what decides it, e.g. model, x_t digest, t)."""

@@ -6,17 +6,18 @@ image or seed -> latent x_t (lit_hspace.ddim) -> direction set (lit_hspace.store
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import hashlib
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch import Tensor
 
-from lit_hspace.cache import DiscoveryCache
+from lit_hspace.cache import DiscoveryCache, tensor_digest
 from lit_hspace.ddim import DDIM, Latent
 from lit_hspace.directions import DirectionSet, DiscoveryKey, canonical, pixel_digest
 from lit_hspace.discovery import check_grad_mode, discover
@@ -150,7 +151,11 @@ class HSpaceEditor(L.LightningModule):
         """(N, 1, H, W) region masks of one image, and its automatic parts where some region is automatic."""
         if not self.automatic:
             return self.fixed_masks, None
-        parts = auto_regions(self.ddim, latent, self.region_preset, self.segmentation, self.discovery.chunk_size)
+        key = {"model": self.hspace.fingerprint, "x_t": tensor_digest(latent.x), "noise": tensor_digest(latent.noise),
+               "t": latent.t, "clip": latent.clip, "num_steps": self.ddim.num_steps, "preset": self.region_preset,
+               "segmentation": asdict(self.segmentation), "dtype": str(latent.x.dtype), "device": latent.x.device.type}
+        compute = partial(auto_regions, self.ddim, latent, self.region_preset, self.segmentation, self.discovery.chunk_size)
+        parts = self.cache.parts(key, compute, latent.x.device)
         masks = masks_of_parts(self.regions, parts, self.hspace.output_shape[-1], image_id).to(latent.x)
         self.method.check(self.regions, masks, math.prod(self.hspace.h_shape))
         return masks, parts

@@ -118,6 +118,36 @@ def test_latents_hit_for_the_same_inversion_and_miss_for_another(tiny_model_dir,
     assert len(list((tmp_path / "latents").glob("*.safetensors"))) == 3
 
 
+def test_automatic_parts_hit_for_the_same_latent_and_settings_and_miss_for_others(tiny_model_dir, tmp_path):
+    from lit_hspace.segment import Segmentation, auto_regions
+
+    item = ImageItem("seed000003", None, 3, None)
+
+    def editor(segmentation: Segmentation) -> HSpaceEditor:
+        return HSpaceEditor(str(tiny_model_dir), Haas(k=2), [Region("part0", auto=True)], region_preset=None,
+                            diffusion=DiffusionSettings(timestep=0.6, num_steps=5), segmentation=segmentation,
+                            discovery=DiscoverySettings(cache=str(tmp_path)))
+
+    first = editor(Segmentation(parts=4))
+    latent = first.latent(item)
+    masks, parts = first.image_masks(latent, item.id)
+    expected = auto_regions(first.ddim, latent, None, Segmentation(parts=4))
+    assert [(p.name, p.share) for p in parts] == [(p.name, p.share) for p in expected]
+    assert all(torch.equal(p.mask, q.mask) for p, q in zip(parts, expected))
+
+    again = editor(Segmentation(parts=4))
+    hits = again.cache.counts.hits
+    masks_again, parts_again = again.image_masks(again.latent(item), item.id)
+    assert again.cache.counts.hits == hits + 2 and again.cache.counts.computed == 0  # the latent and the parts
+    assert torch.equal(masks_again, masks) and all(p.mask.dtype == q.mask.dtype for p, q in zip(parts_again, parts))
+    assert [(p.name, p.share) for p in parts_again] == [(p.name, p.share) for p in parts]
+
+    other = editor(Segmentation(parts=5))  # another setting: computed, never the stored parts
+    _, parts_other = other.image_masks(other.latent(item), item.id)
+    assert other.cache.counts.computed == 1 and len(parts_other) == 5
+    assert len(list((tmp_path / "parts").glob("*.safetensors"))) == 2
+
+
 def test_corrupt_or_foreign_entries_are_recomputed_with_a_warning(tiny_model, tmp_path):
     cache = DiscoveryCache(tmp_path)
     good = run(tiny_model, Haas(k=3, max_iter=8), cache=cache)
