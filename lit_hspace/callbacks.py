@@ -13,7 +13,7 @@ from lit_hspace.directions import DirectionSet
 from lit_hspace.figures import labelled_grid, outlined
 from lit_hspace.layout import RunLayout
 from lit_hspace.metrics import to_unit
-from lit_hspace.module import ImageResult
+from lit_hspace.module import Discovered, ImageResult
 from lit_hspace.segment.files import write_parts
 from lit_hspace.tracking import WandbTracker, loggers_with
 
@@ -68,10 +68,12 @@ class RunWriter(L.Callback):
     def _save_set(self, dset: DirectionSet) -> None:
         dset.save(self.layout.directions(dset.meta["image"]))
 
-    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_predict_batch_end(self, trainer, pl_module, outputs: list[Discovered], batch, batch_idx, dataloader_idx=0) -> None:
         self.from_images = "image" in batch
-        for dset in outputs:
-            self._save_set(dset)
+        for found in outputs:
+            self._save_set(found.dset)
+            if found.parts is not None:  # the regions the set was found in, which no config names
+                write_parts(self.layout.parts_dir(found.dset.meta["image"]), found.image, found.parts)
 
     def on_predict_end(self, trainer, pl_module) -> None:
         trainer.strategy.barrier()  # every rank's sets are written

@@ -61,6 +61,16 @@ class ImageDirections:
 
 
 @dataclass
+class Discovered:
+    """What a predict step hands the run writer: a direction set, and for automatic regions the parts it was found
+    in, with the image they are drawn on (the input, or a seed's sample)."""
+
+    dset: DirectionSet
+    parts: list[AutoRegion] | None = None
+    image: Tensor | None = None  # (C, H, W) in [-1, 1], where parts are given
+
+
+@dataclass
 class ImageResult:
     """What a test step hands the run writer for one image."""
 
@@ -217,14 +227,17 @@ class HSpaceEditor(L.LightningModule):
             root = layout.shared_cache if self.trainer.loggers else Path(self.trainer.default_root_dir) / "cache"
             self.cache = DiscoveryCache(root, self.discovery.warm_start)
 
-    def predict_step(self, batch: dict, batch_idx: int) -> list[DirectionSet]:
+    def predict_step(self, batch: dict, batch_idx: int) -> list[Discovered]:
         items = batch_items(batch)
         if self.discovery.pool:
-            return [self.discover([self.latent(item) for item in items], self.pooled_key(items), self.fixed_masks)]
+            return [Discovered(self.discover([self.latent(item) for item in items], self.pooled_key(items), self.fixed_masks))]
         found = []
         for item in items:
             latent = self.latent(item)
-            found.append(self.discover([latent], self.key(item.id, item.image), self.image_masks(latent, item.id)[0]))
+            masks, parts = self.image_masks(latent, item.id)
+            dset = self.discover([latent], self.key(item.id, item.image), masks)
+            shown = None if parts is None else item.image if item.image is not None else self.ddim.sample(latent)[0]
+            found.append(Discovered(dset, parts, shown))
         return found
 
     def test_step(self, batch: dict, batch_idx: int) -> list[ImageResult]:

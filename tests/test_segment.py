@@ -357,6 +357,17 @@ def test_a_run_discovers_and_edits_on_automatic_regions(tmp_path, tiny_model_dir
     assert not (tmp_path / "runs" / "auto" / "version_1" / "directions").exists()
     main(["test", "--config", str(config), "--model.init_args.region_preset=null", "--model.init_args.segmentation.parts=5"])
     assert len(list((tmp_path / "runs" / "auto" / "version_2" / "directions").glob("*.safetensors"))) == 2
+    # A predict run writes the parts each set was found in, beside the set, as a test run does.
+    main(["predict", "--config", str(config), "--model.init_args.region_preset=null", "--model.init_args.segmentation.parts=6"])
+    predicted = tmp_path / "runs" / "auto" / "version_3"
+    for seed in (3, 4):
+        image_id = f"seed{seed:06d}"
+        latent = module.latent(ImageItem(image_id, None, seed, None))
+        (mask,) = image_masks(module.ddim, latent, module.regions, None, Segmentation(parts=6))
+        written = read_png(predicted / "images" / image_id / "parts" / "part0.png")[:1] > 0.5
+        assert torch.equal(written.float(), mask)
+        assert (predicted / "images" / image_id / "parts" / "parts.png").is_file()
+        assert (predicted / "directions" / f"{image_id}.safetensors").is_file()
 
 
 def test_automatic_regions_are_refused_where_they_cannot_work(tiny_model_dir):
