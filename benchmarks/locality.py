@@ -26,13 +26,14 @@ import re
 import statistics
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lit_hspace.cli import main as cli
-from lit_hspace.synth.faces import FACTORS
+from lit_hspace.synth.faces import FACTORS, sample_factors
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "synth"
 FIRST_FACE = 40_000_000  # dataset faces: synth_face(FIRST_FACE + i), outside the model's training seeds
@@ -125,18 +126,41 @@ def consistency(rows: list[dict], reference_names: dict[str, str]) -> dict[str, 
         target = [mean(float(r["factor_target"]) for r in rs) for rs in images.values()]
         off = [mean(float(r["factor_off_target"]) for r in rs) for rs in images.values()]
         name = reference_names.get(direction, "")
-        top = [top_factor(rs) for rs in images.values()]
-        same = sum(t == re.sub(r"_\d+$", "", name) for t in top)  # "smile_3": a second smile direction
+        top = {image: top_factor(rs) for image, rs in images.items()}
+        named = re.sub(r"_\d+$", "", name)  # "smile_3": a second smile direction
+        passed = [image for image, t in top.items() if t == named]
+        instead = Counter(t for t in top.values() if t != named).most_common()
+        margin = {image: bound_margin(image, named) for image in images}
         table[direction] = {
             "named on the reference": name,
             "images": len(images),
-            "moves its named factor most": f"{same}/{len(images)}",
+            "moves its named factor most": f"{len(passed)}/{len(images)}",
+            "moves most instead": ", ".join(f"{factor} {count}" for factor, count in instead) or "-",
+            "named factor's distance to its nearer bound, passed / not": (
+                f"{mean_or_dash([margin[i] for i in passed])} / {mean_or_dash([margin[i] for i in images if i not in passed])}"),
             "target change, mean": statistics.fmean(target),
             "target change, sd": statistics.stdev(target) if len(target) > 1 else 0.0,
             "off-target change, mean": statistics.fmean(off),
             "off-target change, sd": statistics.stdev(off) if len(off) > 1 else 0.0,
         }
     return table
+
+
+def bound_margin(image_id: str, factor: str) -> float | None:
+    """How far a dataset face's factor starts from the nearer end of its range (normalised: 0 .. 0.5); None for
+    other images. An edit cannot move a factor past its end, so one that starts near it has less room to move."""
+    match = re.fullmatch(r"synth(\d+)", image_id)
+    known = {f.name: f for f in FACTORS}
+    if match is None or factor not in known:
+        return None
+    value = sample_factors(np.random.default_rng(int(match.group(1))))[factor]
+    position = (value - known[factor].low) / (known[factor].high - known[factor].low)
+    return min(position, 1 - position)
+
+
+def mean_or_dash(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    return f"{statistics.fmean(values):.2f}" if values else "-"
 
 
 def publish(report: str, out: Path | None) -> None:
