@@ -16,7 +16,6 @@ at a fraction of the time (times are then those of matrix products, not of the U
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import statistics
 import time
@@ -29,6 +28,8 @@ from lit_hspace.hspace import HSpaceUNet
 from lit_hspace.jacobian import JacobianOperator
 from lit_hspace.methods import RBE, Haas, Rayleigh
 from lit_hspace.regions import region_masks, resolve_regions
+
+from explicit import explicit_jacobian, matrix_operator
 
 
 def methods(k: int, tol: float, only: list[str] | None = None, rayleigh_oversample: list[int] = ()) -> dict:
@@ -54,19 +55,6 @@ def scores(jac: JacobianOperator, vectors: torch.Tensor, mask: torch.Tensor) -> 
         "median top-5 inside change": statistics.median(inside[:5]),
         "median top-10 inside change": statistics.median(inside[:10]),
     }
-
-
-def explicit_jacobian(jac: JacobianOperator, cache: Path) -> torch.Tensor:
-    """J as an (outputs, h dims) matrix, row by row as vjps of the unit outputs (cached in `cache`)."""
-    if not cache.exists():
-        units = torch.eye(math.prod(jac.out_shape))
-        torch.save(torch.cat([jac.vjp(part.reshape(-1, *jac.out_shape)).flatten(1) for part in units.split(256)]), cache)
-    return torch.load(cache)
-
-
-def matrix_operator(matrix: torch.Tensor, like: JacobianOperator) -> JacobianOperator:
-    """h -> matrix h, with the shapes of `like`: the same linear map as its Jacobian."""
-    return JacobianOperator(lambda h: (h.flatten(1) @ matrix.T).reshape(len(h), *like.out_shape), like.h0, like.chunk_size)
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ found it at least as accurate.
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import time
 from pathlib import Path
@@ -31,22 +30,7 @@ from lit_hspace.hspace import HSpaceUNet
 from lit_hspace.jacobian import JacobianOperator, default_chunk_size, deflated_power_iteration, principal_angle_sine, subspace_iteration
 from lit_hspace.solvers import block_svd
 
-
-def explicit_jacobian(jac: JacobianOperator, cache: Path | None) -> torch.Tensor:
-    """J as an (outputs, h dims) float64 matrix, by vjps of the unit outputs (kept in `cache` if given)."""
-    if cache is not None and cache.exists():
-        return torch.load(cache, weights_only=True, map_location=jac.h0.device)
-    units = torch.eye(math.prod(jac.out_shape), device=jac.h0.device)
-    with torch.enable_grad():
-        matrix = torch.cat([jac.vjp(part.reshape(-1, *jac.out_shape)).flatten(1) for part in units.split(256)])
-    if cache is not None:
-        torch.save(matrix, cache)
-    return matrix
-
-
-def matrix_operator(matrix: torch.Tensor, like: JacobianOperator) -> JacobianOperator:
-    """h -> matrix h with the shapes of `like`: the same linear map as its Jacobian, products counted alike."""
-    return JacobianOperator(lambda h: (h.flatten(1) @ matrix.T).reshape(len(h), *like.out_shape), like.h0, 10**6)
+from explicit import explicit_jacobian, matrix_operator
 
 
 def solvers(k: int, oversample: int, max_iter: int) -> dict:
@@ -98,7 +82,7 @@ def main() -> None:
         runs: dict[str, list[tuple[float, int, float]]] = {}
         for name, solve in solvers(k, oversample, args.max_iter).items():
             for tol in args.tols:
-                jac = matrix_operator(matrix, JacobianOperator.of_decoder(model, enc, 1))
+                jac = matrix_operator(matrix, JacobianOperator.of_decoder(model, enc, matrix.shape[1]))
                 found = solve(jac, tol)
                 sine, value_error = score(found, truth_vectors, truth_values)
                 runs.setdefault(name, []).append((tol, found.products, sine))
