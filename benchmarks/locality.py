@@ -31,9 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.transforms.functional import pil_to_tensor
 
 from lit_hspace.cli import main as cli
-from lit_hspace.synth.faces import FACTORS, sample_factors
+from lit_hspace.synth.faces import FACTORS, render, sample_factors
+from lit_hspace.synth.probe import FactorProbe
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "synth"
 FIRST_FACE = 40_000_000  # dataset faces: synth_face(FIRST_FACE + i), outside the model's training seeds
@@ -135,6 +137,7 @@ def consistency(rows: list[dict], reference_names: dict[str, str]) -> dict[str, 
             "named on the reference": name,
             "images": len(images),
             "moves its named factor most": f"{len(passed)}/{len(images)}",
+            "a generator edit of that factor alone, read by the probe": probe_reads_alone(named, list(images)),
             "moves most instead": ", ".join(f"{factor} {count}" for factor, count in instead) or "-",
             "named factor's distance to its nearer bound, passed / not": (
                 f"{mean_or_dash([margin[i] for i in passed])} / {mean_or_dash([margin[i] for i in images if i not in passed])}"),
@@ -146,14 +149,43 @@ def consistency(rows: list[dict], reference_names: dict[str, str]) -> dict[str, 
     return table
 
 
+GENERATOR_STEPS = (-0.5, -0.25, 0.25, 0.5)  # fractions of a factor's range
+
+
+def probe_reads_alone(factor: str, images: list[str]) -> str:
+    """On how many of these dataset faces the factor probe reads generator edits of `factor` alone (GENERATOR_STEPS,
+    clipped to its range) as moving `factor` most: what a perfectly disentangled direction would score."""
+    known = {f.name: f for f in FACTORS}
+    if factor not in known:
+        return "-"
+    probe, f = FactorProbe.load().eval(), known[factor]
+    size = probe.image_size
+    read = lambda values: pil_to_tensor(render(values, size)).float() / 255  # noqa: E731
+    count = 0
+    for image_id in images:
+        start = face_factors(image_id)
+        if start is None:
+            return "-"
+        moved = [start | {factor: min(max(start[factor] + s * (f.high - f.low), f.low), f.high)} for s in GENERATOR_STEPS]
+        with torch.no_grad():
+            change = (probe(torch.stack([read(v) for v in moved])) - probe(read(start)[None])).abs().mean(0)
+        count += FACTORS[int(change.argmax())].name == factor
+    return f"{count}/{len(images)}"
+
+
+def face_factors(image_id: str) -> dict[str, float] | None:
+    """A dataset face's factor values, from its id (synth<seed>); None for other images."""
+    match = re.fullmatch(r"synth(\d+)", image_id)
+    return None if match is None else sample_factors(np.random.default_rng(int(match.group(1))))
+
+
 def bound_margin(image_id: str, factor: str) -> float | None:
     """How far a dataset face's factor starts from the nearer end of its range (normalised: 0 .. 0.5); None for
     other images. An edit cannot move a factor past its end, so one that starts near it has less room to move."""
-    match = re.fullmatch(r"synth(\d+)", image_id)
-    known = {f.name: f for f in FACTORS}
-    if match is None or factor not in known:
+    known, start = {f.name: f for f in FACTORS}, face_factors(image_id)
+    if start is None or factor not in known:
         return None
-    value = sample_factors(np.random.default_rng(int(match.group(1))))[factor]
+    value = start[factor]
     position = (value - known[factor].low) / (known[factor].high - known[factor].low)
     return min(position, 1 - position)
 
@@ -287,8 +319,11 @@ def main() -> None:
         f"applied to {len(unseen)} unseen images (0 .. {len(unseen) - 1})",
         "A set of several images is found from their operators summed (`discovery.pool`). Each direction is named after "
         "the factor it moves most on the images it was found on (mean over them and the strengths). Per direction, over the "
-        "unseen images: how many of them it moves its named factor most on, and the mean and standard deviation of the "
-        "per-image mean change.",
+        "unseen images: how many of them it moves its named factor most on; the factors it moves most on the others; how far "
+        "the named factor starts from the nearer end of its range on the faces it passed and failed (0 .. 0.5: an edit "
+        "cannot push a factor past its end); on how many the probe reads generator edits of the named factor alone "
+        f"(steps {', '.join(f'{s:+g}' for s in GENERATOR_STEPS)} of its range) as moving it most, the score of a perfectly "
+        "disentangled direction; and the mean and standard deviation of the per-image mean change.",
         markdown(transfer, "method, source, direction"),
     ])
     publish(report, args.out)
