@@ -117,6 +117,30 @@ def names_by_top_factor(rows: list[dict]) -> dict[str, str]:
     return {direction: top_factor(rs) for direction, rs in by_direction.items()}
 
 
+def specificity(rows: list[dict]) -> dict[str, tuple[str, float]]:
+    """Per edited direction: the factor it moves most over these rows, and how many times more than any other."""
+    by_direction = defaultdict(list)
+    for row in rows:
+        by_direction[row["direction"]].append(row)
+    found = {}
+    for direction, rs in by_direction.items():
+        change = sorted(((mean(abs(float(r[f"d_{f.name}"])) for r in rs), f.name) for f in FACTORS), reverse=True)
+        found[direction] = (change[0][1], change[0][0] / max(change[1][0], 1e-12))
+    return found
+
+
+def most_specific(reference_rows: list[dict], unseen: dict[str, dict[str, float | str]]) -> dict[str, dict[str, str | float]]:
+    """Per factor named on the reference images: the direction that moves it most specifically there (chosen on
+    the reference images only), and how it transferred."""
+    best: dict[str, tuple[str, float]] = {}
+    for direction, (factor, ratio) in specificity(reference_rows).items():
+        if factor not in best or ratio > best[factor][1]:
+            best[factor] = (direction, ratio)
+    return {factor: {"direction": direction, "times its next factor, on the reference": ratio,
+                     "moves its named factor most, unseen": unseen[direction]["moves its named factor most"]}
+            for factor, (direction, ratio) in sorted(best.items())}
+
+
 def consistency(rows: list[dict], reference_names: dict[str, str]) -> dict[str, dict[str, float | str]]:
     """Per direction: mean and spread over images of its per-image mean changes, and how often the factor it
     moves most is the one it was named after on the reference image."""
@@ -262,6 +286,7 @@ def main() -> None:
                         help="faces: the generator's faces with known factors, inverted (default); seeds: the model's samples")
     parser.add_argument("--auto-regions", action="store_true",
                         help="compare directions found on automatic regions with those found on the preset boxes (locality only)")
+    parser.add_argument("--per-group", type=int, help="transfer: edited directions per region (default: the config's, 3)")
     parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = parser.parse_args()
     if args.auto_regions:
@@ -269,7 +294,8 @@ def main() -> None:
 
     seeds = list(range(args.num_images))
     unseen = list(range(args.transfer_images or args.num_images))
-    overall, by_strength, transfer, seconds = {}, {}, {}, {}
+    overall, by_strength, transfer, specific, seconds = {}, {}, {}, {}, {}
+    per_group = () if args.per_group is None else (f"--model.init_args.edit.per_group={args.per_group}",)
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
             if not args.skip_locality:
@@ -285,17 +311,23 @@ def main() -> None:
             for size in args.pool_sizes:
                 references = list(range(args.reference, args.reference + size))
                 pooled = ("--model.init_args.discovery.pool=true",) if size > 1 else ()
-                reference_run = run("test", method, references, args.strengths, Path(tmp), *pooled, source=args.source, batch_size=size, region=args.region)
+                reference_run = run("test", method, references, args.strengths, Path(tmp), *pooled, *per_group, source=args.source, batch_size=size, region=args.region)
                 (artifact,) = (reference_run / "directions").glob("*.safetensors")
-                reference_names = names_by_top_factor(moved_rows(reference_run))
+                reference_rows = moved_rows(reference_run)
+                reference_names = names_by_top_factor(reference_rows)
                 given = f"--model.init_args.discovery.directions={artifact}"
-                rows = moved_rows(run("test", method, unseen, args.strengths, Path(tmp), given, source=args.source, region=args.region))
-                for direction, stats in consistency(rows, reference_names).items():
-                    transfer[f"{method}, from {size} image{'s' if size > 1 else ''}, direction {direction}"] = stats
+                rows = moved_rows(run("test", method, unseen, args.strengths, Path(tmp), given, *per_group, source=args.source, region=args.region))
+                source = f"{method}, from {size} image{'s' if size > 1 else ''}"
+                found = consistency(rows, reference_names)
+                for direction, stats in found.items():
+                    transfer[f"{source}, direction {direction}"] = stats
+                for factor, stats in most_specific(reference_rows, found).items():
+                    specific[f"{source}, {factor}"] = stats
 
     command = (f"python benchmarks/locality.py --methods {' '.join(args.methods)} --source {args.source} --num-images {args.num_images} "
                f"--region {args.region} --reference {args.reference} --pool-sizes {' '.join(map(str, args.pool_sizes))} --transfer-images {len(unseen)} "
-               f"--strengths {' '.join(f'{s:g}' for s in args.strengths)}" + (" --skip-locality" if args.skip_locality else ""))
+               f"--strengths {' '.join(f'{s:g}' for s in args.strengths)}" + (" --skip-locality" if args.skip_locality else "")
+               + (f" --per-group {args.per_group}" if args.per_group else ""))
     report = "\n\n".join([
         f"# Locality and transfer on the synthetic faces: {args.region} directions",
         f"`{command}` on {platform.machine()} ({torch.get_num_threads()} threads), torch {torch.__version__}. "
@@ -325,6 +357,9 @@ def main() -> None:
         f"(steps {', '.join(f'{s:+g}' for s in GENERATOR_STEPS)} of its range) as moving it most, the score of a perfectly "
         "disentangled direction; and the mean and standard deviation of the per-image mean change.",
         markdown(transfer, "method, source, direction"),
+        "Per factor, the direction that moves it most specifically on the images it was found on (its change over the "
+        "next largest factor's; chosen there, not on the unseen images), and how it transferred:",
+        markdown(specific, "method, source, factor"),
     ])
     publish(report, args.out)
 
