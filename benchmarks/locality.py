@@ -287,6 +287,7 @@ def main() -> None:
     parser.add_argument("--auto-regions", action="store_true",
                         help="compare directions found on automatic regions with those found on the preset boxes (locality only)")
     parser.add_argument("--per-group", type=int, help="transfer: edited directions per region (default: the config's, 3)")
+    parser.add_argument("--timestep", type=float, help="transfer: the edit timestep as a fraction of T (default: the config's, 0.6)")
     parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = parser.parse_args()
     if args.auto_regions:
@@ -295,7 +296,9 @@ def main() -> None:
     seeds = list(range(args.num_images))
     unseen = list(range(args.transfer_images or args.num_images))
     overall, by_strength, transfer, specific, seconds = {}, {}, {}, {}, {}
-    per_group = () if args.per_group is None else (f"--model.init_args.edit.per_group={args.per_group}",)
+    transfer_settings = () if args.per_group is None else (f"--model.init_args.edit.per_group={args.per_group}",)
+    if args.timestep is not None:
+        transfer_settings += (f"--model.init_args.diffusion.timestep={args.timestep}",)
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
             if not args.skip_locality:
@@ -311,12 +314,12 @@ def main() -> None:
             for size in args.pool_sizes:
                 references = list(range(args.reference, args.reference + size))
                 pooled = ("--model.init_args.discovery.pool=true",) if size > 1 else ()
-                reference_run = run("test", method, references, args.strengths, Path(tmp), *pooled, *per_group, source=args.source, batch_size=size, region=args.region)
+                reference_run = run("test", method, references, args.strengths, Path(tmp), *pooled, *transfer_settings, source=args.source, batch_size=size, region=args.region)
                 (artifact,) = (reference_run / "directions").glob("*.safetensors")
                 reference_rows = moved_rows(reference_run)
                 reference_names = names_by_top_factor(reference_rows)
                 given = f"--model.init_args.discovery.directions={artifact}"
-                rows = moved_rows(run("test", method, unseen, args.strengths, Path(tmp), given, *per_group, source=args.source, region=args.region))
+                rows = moved_rows(run("test", method, unseen, args.strengths, Path(tmp), given, *transfer_settings, source=args.source, region=args.region))
                 source = f"{method}, from {size} image{'s' if size > 1 else ''}"
                 found = consistency(rows, reference_names)
                 for direction, stats in found.items():
@@ -327,7 +330,7 @@ def main() -> None:
     command = (f"python benchmarks/locality.py --methods {' '.join(args.methods)} --source {args.source} --num-images {args.num_images} "
                f"--region {args.region} --reference {args.reference} --pool-sizes {' '.join(map(str, args.pool_sizes))} --transfer-images {len(unseen)} "
                f"--strengths {' '.join(f'{s:g}' for s in args.strengths)}" + (" --skip-locality" if args.skip_locality else "")
-               + (f" --per-group {args.per_group}" if args.per_group else ""))
+               + (f" --per-group {args.per_group}" if args.per_group else "") + (f" --timestep {args.timestep:g}" if args.timestep else ""))
     report = "\n\n".join([
         f"# Locality and transfer on the synthetic faces: {args.region} directions",
         f"`{command}` on {platform.machine()} ({torch.get_num_threads()} threads), torch {torch.__version__}. "
