@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import platform
 import re
@@ -109,21 +110,23 @@ def top_factor(rows: list[dict]) -> str:
     return max((f.name for f in FACTORS), key=lambda n: mean(abs(float(r[f"d_{n}"])) for r in rows))
 
 
+def by_direction(rows: list[dict]) -> dict[str, list[dict]]:
+    """The rows of each edited direction."""
+    grouped = defaultdict(list)
+    for row in rows:
+        grouped[row["direction"]].append(row)
+    return grouped
+
+
 def names_by_top_factor(rows: list[dict]) -> dict[str, str]:
     """Each edited direction named after the factor it moves most over all these rows (images and strengths)."""
-    by_direction = defaultdict(list)
-    for row in rows:
-        by_direction[row["direction"]].append(row)
-    return {direction: top_factor(rs) for direction, rs in by_direction.items()}
+    return {direction: top_factor(rs) for direction, rs in by_direction(rows).items()}
 
 
 def specificity(rows: list[dict]) -> dict[str, tuple[str, float]]:
     """Per edited direction: the factor it moves most over these rows, and how many times more than any other."""
-    by_direction = defaultdict(list)
-    for row in rows:
-        by_direction[row["direction"]].append(row)
     found = {}
-    for direction, rs in by_direction.items():
+    for direction, rs in by_direction(rows).items():
         change = sorted(((mean(abs(float(r[f"d_{f.name}"])) for r in rs), f.name) for f in FACTORS), reverse=True)
         found[direction] = (change[0][1], change[0][0] / max(change[1][0], 1e-12))
     return found
@@ -161,7 +164,7 @@ def consistency(rows: list[dict], reference_names: dict[str, str]) -> dict[str, 
             "named on the reference": name,
             "images": len(images),
             "moves its named factor most": f"{len(passed)}/{len(images)}",
-            "a generator edit of that factor alone, read by the probe": probe_reads_alone(named, list(images)),
+            "a generator edit of that factor alone, read by the probe": probe_reads_alone(named, tuple(images)),
             "moves most instead": ", ".join(f"{factor} {count}" for factor, count in instead) or "-",
             "named factor's distance to its nearer bound, passed / not": (
                 f"{mean_or_dash([margin[i] for i in passed])} / {mean_or_dash([margin[i] for i in images if i not in passed])}"),
@@ -176,13 +179,19 @@ def consistency(rows: list[dict], reference_names: dict[str, str]) -> dict[str, 
 GENERATOR_STEPS = (-0.5, -0.25, 0.25, 0.5)  # fractions of a factor's range
 
 
-def probe_reads_alone(factor: str, images: list[str]) -> str:
+@functools.cache
+def factor_probe() -> FactorProbe:
+    return FactorProbe.load().eval()
+
+
+@functools.cache  # several directions share a name: each factor's count is computed once
+def probe_reads_alone(factor: str, images: tuple[str, ...]) -> str:
     """On how many of these dataset faces the factor probe reads generator edits of `factor` alone (GENERATOR_STEPS,
     clipped to its range) as moving `factor` most: what a perfectly disentangled direction would score."""
     known = {f.name: f for f in FACTORS}
     if factor not in known:
         return "-"
-    probe, f = FactorProbe.load().eval(), known[factor]
+    probe, f = factor_probe(), known[factor]
     size = probe.image_size
     read = lambda values: pil_to_tensor(render(values, size)).float() / 255  # noqa: E731
     count = 0
@@ -190,7 +199,7 @@ def probe_reads_alone(factor: str, images: list[str]) -> str:
         start = face_factors(image_id)
         if start is None:
             return "-"
-        moved = [start | {factor: min(max(start[factor] + s * (f.high - f.low), f.low), f.high)} for s in GENERATOR_STEPS]
+        moved = [start | {factor: f.stepped(start[factor], s)} for s in GENERATOR_STEPS]
         with torch.no_grad():
             change = (probe(torch.stack([read(v) for v in moved])) - probe(read(start)[None])).abs().mean(0)
         count += FACTORS[int(change.argmax())].name == factor

@@ -50,5 +50,5 @@ def locally_changed_pixels(factors: dict[str, float], region: str, size: int, st
     either way (clipped to the range): what the face itself shows of the region, without the places its factors
     could move it to."""
     names = region_factors(region)
-    moves = [{f.name: min(max(factors[f.name] + s * (f.high - f.low), f.low), f.high)} for f in names for s in (-step, step)]
+    moves = [{f.name: f.stepped(factors[f.name], s)} for f in names for s in (-step, step)]
     return changed_pixels(factors, moves, size)

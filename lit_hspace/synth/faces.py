@@ -34,6 +34,10 @@ class Factor:
     low: float
     high: float
 
+    def stepped(self, value: float, fraction: float) -> float:
+        """`value` moved by `fraction` of the factor's range, clipped to the range."""
+        return min(max(value + fraction * (self.high - self.low), self.low), self.high)
+
 
 FACTORS: tuple[Factor, ...] = (
     Factor("eye_open", "eyes", 0.0, 1.0),  # 0: closed line, 1: wide open
