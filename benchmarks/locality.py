@@ -297,6 +297,8 @@ def main() -> None:
                         help="compare directions found on automatic regions with those found on the preset boxes (locality only)")
     parser.add_argument("--per-group", type=int, help="transfer: edited directions per region (default: the config's, 3)")
     parser.add_argument("--timestep", type=float, help="transfer: the edit timestep as a fraction of T (default: the config's, 0.6)")
+    parser.add_argument("--rotation", choices=["none", "varimax"], default="none",
+                        help="transfer: rotate each method's directions (the method's `rotation`; default: none)")
     parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = parser.parse_args()
     if args.auto_regions:
@@ -308,6 +310,8 @@ def main() -> None:
     transfer_settings = () if args.per_group is None else (f"--model.init_args.edit.per_group={args.per_group}",)
     if args.timestep is not None:
         transfer_settings += (f"--model.init_args.diffusion.timestep={args.timestep}",)
+    if args.rotation != "none":
+        transfer_settings += (f"--model.init_args.method.init_args.rotation={args.rotation}",)
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
             if not args.skip_locality:
@@ -339,7 +343,7 @@ def main() -> None:
     command = (f"python benchmarks/locality.py --methods {' '.join(args.methods)} --source {args.source} --num-images {args.num_images} "
                f"--region {args.region} --reference {args.reference} --pool-sizes {' '.join(map(str, args.pool_sizes))} --transfer-images {len(unseen)} "
                f"--strengths {' '.join(f'{s:g}' for s in args.strengths)}" + (" --skip-locality" if args.skip_locality else "")
-               + (f" --per-group {args.per_group}" if args.per_group else "") + (f" --timestep {args.timestep:g}" if args.timestep else ""))
+               + (f" --per-group {args.per_group}" if args.per_group else "") + (f" --timestep {args.timestep:g}" if args.timestep else "") + (f" --rotation {args.rotation}" if args.rotation != "none" else ""))
     report = "\n\n".join([
         f"# Locality and transfer on the synthetic faces: {args.region} directions",
         f"`{command}` on {platform.machine()} ({torch.get_num_threads()} threads), torch {torch.__version__}. "

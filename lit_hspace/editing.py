@@ -9,7 +9,7 @@ from torch import Tensor
 
 from lit_hspace.ddim import DDIM, Edit, Latent
 from lit_hspace.directions import DirectionSet
-from lit_hspace.regions import Region
+from lit_hspace.regions import Region, group_mask
 from lit_hspace.settings import EditSettings
 
 
@@ -59,15 +59,6 @@ class Editor:
             unknown = sorted(set(settings.regions) - set(self.region_names))
             raise ValueError(f"edit.regions {unknown} are not among the regions {self.region_names}")
 
-    def mask_of(self, label: str, masks: Tensor) -> Tensor:
-        """(1, H, W): a region's mask of the image's `masks` (N, 1, H, W), the union of all for joint or combined
-        labels, everything for global."""
-        if label in self.region_names:
-            return masks[self.region_names.index(label)]
-        if label == "global" or not self.region_names:
-            return torch.ones_like(masks[0])
-        return masks.amax(0)
-
     def pick(self, dset: DirectionSet, masks: Tensor) -> list[EditedDirection]:
         """The named directions asked for, or the first `per_group` of each group (joint ones only where
         nothing else exists), in the set's order."""
@@ -79,7 +70,7 @@ class Editor:
                 groups = [g for g in groups if g in self.settings.regions]
             picks = [i for g in groups for i in dset.indices(g)[: self.settings.per_group]]
         names = dset.names
-        return [EditedDirection(j, dset.labels[j], names.get(j, ""), self.mask_of(dset.labels[j], masks)) for j in picks]
+        return [EditedDirection(j, dset.labels[j], names.get(j, ""), group_mask(dset.labels[j], self.region_names, masks)) for j in picks]
 
     @torch.no_grad()
     def edit(self, image_id: str, latent: Latent, dset: DirectionSet, input: Tensor | None, masks: Tensor) -> ImageEdits:

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
 
-from lit_hspace.jacobian import JacobianOperator, StackedJacobian, TruncatedSVD, as_operator, subspace_iteration
+from lit_hspace.jacobian import JacobianOperator, StackedJacobian, TruncatedSVD, as_operator, orient, subspace_iteration
 from lit_hspace.jive import check_ranks, jive
-from lit_hspace.regions import Region
+from lit_hspace.regions import Region, group_mask
+from lit_hspace.rotation import ROTATIONS, Rotation, rotate_to_simple_structure
 from lit_hspace.solvers import block_svd, generalized_svd
 
 SOLVERS = ("lobpcg", "subspace")
@@ -66,13 +67,17 @@ class DiscoveryMethod(ABC):
             s_k ~ s_{k+1} (subspace iteration: at the rate s_{2k+1} / s_k rather than s_{k+1} / s_k).
         solver: "lobpcg" (block LOBPCG, `lit_hspace.solvers`: the same tolerance in far fewer products) or
             "subspace" (subspace iteration, `lit_hspace.jacobian.subspace_iteration`).
+        rotation: "varimax" rotates each group's directions within their span so that their effects inside the
+            group's mask share few pixels (`lit_hspace.rotation`): factors whose effects overlap come apart. Their
+            values are then the inside change ||M J v|| (over all images of a set), in decreasing order.
     """
 
     name: str
     needs_outside = False
 
     def __init__(
-        self, k: int = 10, tol: float = 1e-3, max_iter: int = 30, oversample: int | None = None, solver: Solver = "lobpcg"
+        self, k: int = 10, tol: float = 1e-3, max_iter: int = 30, oversample: int | None = None, solver: Solver = "lobpcg",
+        rotation: Rotation = "none",
     ):
         if k < 1:
             raise ValueError(f"{type(self).__name__}: k={k} must be at least 1")
@@ -80,12 +85,16 @@ class DiscoveryMethod(ABC):
             raise ValueError(f"{type(self).__name__}: oversample={oversample} must be >= 0")
         if solver not in SOLVERS:
             raise ValueError(f"{type(self).__name__}: solver={solver!r} is not one of {SOLVERS}")
-        self.k, self.tol, self.max_iter, self.solver = k, tol, max_iter, solver
+        if rotation not in ROTATIONS:
+            raise ValueError(f"{type(self).__name__}: rotation={rotation!r} is not one of {ROTATIONS}")
+        self.k, self.tol, self.max_iter, self.solver, self.rotation = k, tol, max_iter, solver, rotation
         self.oversample = k if oversample is None else oversample
 
     def params(self) -> dict[str, Any]:
         """Everything that determines the result, for the artifact's metadata."""
-        return {"k": self.k, "tol": self.tol, "max_iter": self.max_iter, "oversample": self.oversample, "solver": self.solver}
+        params = {"k": self.k, "tol": self.tol, "max_iter": self.max_iter, "oversample": self.oversample, "solver": self.solver}
+        # Recorded only where used, so that sets stored before the option keep their keys.
+        return params | ({"rotation": self.rotation} if self.rotation != "none" else {})
 
     def check(self, regions: list[Region], masks: Tensor, h_dim: int) -> None:
         """Raise on settings that cannot work, before any Jacobian product."""
@@ -114,7 +123,6 @@ class DiscoveryMethod(ABC):
 
         return solves(what, {"masks": masks, "project_out": project_out}, generator, solve)
 
-    @abstractmethod
     def discover(
         self,
         jac: JacobianOperator | StackedJacobian | list[JacobianOperator],
@@ -125,6 +133,25 @@ class DiscoveryMethod(ABC):
     ) -> Directions:
         """masks: (N, 1, H, W), one per region, at the output resolution; `solves` carries out the subspace
         solves (by default each is computed; `lit_hspace.cache` reuses stored ones)."""
+        found = self.find(jac, regions, masks, generator, solves)
+        return found if self.rotation == "none" else rotated(found, as_operator(jac), [r.name for r in regions], masks)
+
+    @abstractmethod
+    def find(self, jac, regions: list[Region], masks: Tensor, generator: torch.Generator, solves: Solves) -> Directions:
+        """The method's own directions, before any rotation."""
+
+
+def rotated(found: Directions, jac: JacobianOperator | StackedJacobian, region_names: list[str], masks: Tensor) -> Directions:
+    """Each group's directions varimax-rotated within their span, by their effects inside the group's mask."""
+    vectors, values, iterations = found.vectors.clone(), found.values.clone(), {}
+    for label in dict.fromkeys(found.labels):
+        rows = [i for i, lab in enumerate(found.labels) if lab == label]
+        if len(rows) < 2:
+            continue
+        effects = jac.jvp(found.vectors[rows].to(jac.h0).reshape(len(rows), *jac.in_shape)) * group_mask(label, region_names, masks).to(jac.h0)
+        turned, norms, iterations[label] = rotate_to_simple_structure(found.vectors[rows], effects.flatten(1).to(found.vectors))
+        vectors[rows], values[rows] = orient(turned), norms
+    return replace(found, vectors=vectors, values=values, info={**found.info, "varimax_iterations": iterations})
 
 
 def convergence(svd, prefix: str = "") -> dict[str, Any]:
@@ -143,15 +170,15 @@ class Haas(DiscoveryMethod):
 
     def __init__(
         self, k: int = 10, masked: bool = True, tol: float = 1e-3, max_iter: int = 30, oversample: int | None = None,
-        solver: Solver = "lobpcg",
+        solver: Solver = "lobpcg", rotation: Rotation = "none",
     ):
-        super().__init__(k, tol, max_iter, oversample, solver)
+        super().__init__(k, tol, max_iter, oversample, solver, rotation)
         self.masked = masked
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "masked": self.masked}
 
-    def discover(self, jac, regions, masks, generator, solves: Solves = compute) -> Directions:
+    def find(self, jac, regions, masks, generator, solves: Solves = compute) -> Directions:
         masked = self.masked and bool(regions)
         svd = self._iterate(jac, self.k, union(masks) if masked else None, generator, solves)
         label = "+".join(r.name for r in regions) if masked else "global"
@@ -177,9 +204,9 @@ class JIVE(DiscoveryMethod):
         jive_tol: float = 1e-8,
         jive_max_iter: int = 500,
         oversample: int | None = None,
-        solver: Solver = "lobpcg",
+        solver: Solver = "lobpcg", rotation: Rotation = "none",
     ):
-        super().__init__(k, tol, max_iter, oversample, solver)
+        super().__init__(k, tol, max_iter, oversample, solver, rotation)
         if rank_individual > k:
             raise ValueError(f"JIVE: individual rank r_A={rank_individual} cannot exceed k={k} rows per region")
         self.rank_joint, self.rank_individual = rank_joint, rank_individual
@@ -193,7 +220,7 @@ class JIVE(DiscoveryMethod):
         super().check(regions, masks, h_dim)
         check_ranks([self.k] * len(regions), self.rank_joint, self.rank_individual)
 
-    def discover(self, jac, regions, masks, generator, solves: Solves = compute) -> Directions:
+    def find(self, jac, regions, masks, generator, solves: Solves = compute) -> Directions:
         svd = self._iterate(jac, self.k, masks, generator, solves)  # all regions in one batched iteration
         result = jive(
             [s[:, None] * v for s, v in zip(svd.values, svd.vectors)],
@@ -221,9 +248,9 @@ class RBE(DiscoveryMethod):
 
     def __init__(
         self, k: int = 10, n_outside: int = 10, tol: float = 1e-3, max_iter: int = 30, oversample: int | None = None,
-        solver: Solver = "lobpcg",
+        solver: Solver = "lobpcg", rotation: Rotation = "none",
     ):
-        super().__init__(k, tol, max_iter, oversample, solver)
+        super().__init__(k, tol, max_iter, oversample, solver, rotation)
         if n_outside < 0:
             raise ValueError(f"RBE: n_outside={n_outside} must be >= 0")
         self.n_outside = n_outside
@@ -238,7 +265,7 @@ class RBE(DiscoveryMethod):
         if union(masks).all():
             raise ValueError("RBE needs an outside, but the regions together cover the whole image")
 
-    def discover(self, jac, regions, masks, generator, solves: Solves = compute) -> Directions:
+    def find(self, jac, regions, masks, generator, solves: Solves = compute) -> Directions:
         inside = union(masks)
         outside = self._iterate(jac, self.n_outside, 1 - inside, generator, solves) if self.n_outside else None
         outside_vectors = outside.vectors[0] if outside else None
@@ -266,11 +293,11 @@ class Rayleigh(DiscoveryMethod):
 
     def __init__(
         self, k: int = 10, rel_lambda: float = 0.01, tol: float = 1e-3, max_iter: int = 60, oversample: int | None = None,
-        solver: Solver = "lobpcg",
+        solver: Solver = "lobpcg", rotation: Rotation = "none",
     ):
         # A narrow block pays here: 2 extra vectors at k = 10 reach tol in 0.68x the products of k extra, with the same
         # directions (docs/solvers.md).
-        super().__init__(k, tol, max_iter, max(2, k // 5) if oversample is None else oversample, solver)
+        super().__init__(k, tol, max_iter, max(2, k // 5) if oversample is None else oversample, solver, rotation)
         if not rel_lambda > 0:
             raise ValueError(f"Rayleigh: rel_lambda={rel_lambda} must be > 0 (lambda = rel_lambda * s_out^2 keeps B invertible)")
         if solver != "lobpcg":
@@ -280,7 +307,7 @@ class Rayleigh(DiscoveryMethod):
     def params(self) -> dict[str, Any]:
         return {**super().params(), "rel_lambda": self.rel_lambda}
 
-    def discover(self, jac, regions, masks, generator, solves: Solves = compute) -> Directions:
+    def find(self, jac, regions, masks, generator, solves: Solves = compute) -> Directions:
         jac = as_operator(jac)
         inside = masks.to(jac.h0)
         rough = dict(tol=1e-2, max_iter=20, oversample=3)  # s_out only sets lambda's scale

@@ -129,3 +129,13 @@ def resolve_regions(regions: list[Region | str], preset: str | None) -> list[Reg
 def region_masks(regions: list[Region], size: int) -> Tensor:
     """(N, 1, size, size) masks, one per region."""
     return torch.stack([r.to_mask(size) for r in regions])
+
+
+def group_mask(label: str, region_names: list[str], masks: Tensor) -> Tensor:
+    """(1, H, W): the mask a group of directions stands for, of an image's region `masks` (N, 1, H, W): its
+    region's; the union of all for joint or combined labels ("joint", "mouth+eyes"); everything for "global"."""
+    if label in region_names:
+        return masks[region_names.index(label)]
+    if label == "global" or not region_names:
+        return torch.ones_like(masks[0])
+    return masks.amax(0)
