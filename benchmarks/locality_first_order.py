@@ -37,6 +37,8 @@ def methods(k: int, tol: float, only: list[str] | None = None, rayleigh_oversamp
     found |= {f"rayleigh, rel_lambda {r:g}": Rayleigh(k=k, rel_lambda=r, tol=tol) for r in (0.1, 0.01, 0.001)}
     found |= {f"rayleigh, rel_lambda 0.01, oversample {o}": Rayleigh(k=k, oversample=o, tol=tol) for o in rayleigh_oversample}
     found |= {f"rbe, n_outside {n}": RBE(k=k, n_outside=n, tol=tol) for n in (30, 100)}
+    found |= {"varimax: rbe, n_outside 10": RBE(k=k, n_outside=10, tol=tol, rotation="varimax"),
+              "varimax: rayleigh, rel_lambda 0.01": Rayleigh(k=k, tol=tol, rotation="varimax")}
     if only:
         found = {name: method for name, method in found.items() if any(name.startswith(o) for o in only)}
     return found
