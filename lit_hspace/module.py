@@ -245,11 +245,11 @@ class HSpaceEditor(L.LightningModule):
         items = batch_items(batch)
         for item, found in zip(items, self.direction_sets(items)):
             edits = self.editor.edit(item.id, found.latent, found.dset, item.image, found.masks)
-            scores = self.metrics(edits, item.factors)
-            new_set = found.new_set
-            if new_set is not None and self.metrics.factors is not None and not self.discovery.pool:
-                new_set, edits = self.named_after_factors(new_set, edits, scores)
-            results.append(ImageResult(edits, scores, new_set, found.parts))
+            results.append(ImageResult(edits, self.metrics(edits, item.factors), found.new_set, found.parts))
+        if self.metrics.factors is not None:
+            # A pooled set is named from all the images it was found on; an image's own set from that image.
+            for group in [results] if self.discovery.pool else [[r] for r in results]:
+                self.named_after_factors(group)
         self.log_dict(self.metrics.means, on_step=False, on_epoch=True, batch_size=1)
         if self.metrics.fid is not None:
             self.log("test/fid", self.metrics.fid, on_step=False, on_epoch=True, batch_size=1)
@@ -281,12 +281,19 @@ class HSpaceEditor(L.LightningModule):
             found.append(ImageDirections(stored or new_set, latent, new_set, masks, parts))
         return found
 
-    def named_after_factors(self, dset: DirectionSet, edits: ImageEdits, scores: EditScores) -> tuple[DirectionSet, ImageEdits]:
-        """A discovered set of the synthetic faces, its edited directions named after the factor each moves most."""
+    def named_after_factors(self, results: list[ImageResult]) -> None:
+        """A set discovered in this run on the synthetic faces (on the first of `results`, the images it serves),
+        its edited directions named after the factor each moves most over those images; their edits renamed."""
         from lit_hspace.synth.naming import factor_names
 
-        names = factor_names(scores.factors.changes, edits.strengths, [d.index for d in edits.directions], self.metrics.factor_names)
-        return dset.with_names(names), edits.renamed(names)
+        new_set, edits = results[0].new_set, results[0].edits
+        if new_set is None:
+            return
+        changes = torch.stack([r.scores.factors.changes for r in results]).abs().mean(0)  # (D, S, F) over the images
+        names = factor_names(changes, edits.strengths, [d.index for d in edits.directions], self.metrics.factor_names)
+        results[0].new_set = new_set.with_names(names)
+        for result in results:
+            result.edits = result.edits.renamed(names)
 
 
 def canonical_latent(diffusion: DiffusionSettings) -> str:

@@ -12,6 +12,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from lit_hspace.cli import main
 from lit_hspace.data import HSpaceData
+from lit_hspace.directions import DirectionSet
 from lit_hspace.hspace import HSpaceUNet
 from lit_hspace.metrics import FactorChange
 from lit_hspace.module import HSpaceEditor
@@ -200,3 +201,23 @@ def test_dataset_faces_run_starts_from_known_factors(tmp_path, probe):
     assert metrics["test/probe_start_error"] == pytest.approx(np.mean(errors), abs=0.01)  # 8-bit PNGs
     assert metrics["test/reconstruction_mae"] == pytest.approx(np.mean(maes), abs=2 / 255)
     assert metrics["test/reconstruction_mae"] < 0.03  # 10 steps; the clipped sampler of before: 0.08 at 50 steps
+
+
+def test_a_pooled_set_is_named_after_what_it_moves_over_all_its_images(tmp_path):
+    """discovery.pool on two dataset faces: the stored set's names are the factor each direction moves most in
+    edits.csv, averaged over both images and the non-zero strengths (recomputed here from the rows)."""
+    faces = {"class_path": "lit_hspace.synth.data.DatasetFaces", "init_args": {"num_images": 2, "batch_size": 2}}
+    config = short_synth_run(tmp_path, "pooled", faces, strengths=[-30.0, 0.0, 30.0], per_group=2, k=2)
+    main(["test", "--config", str(config), "--model.init_args.discovery.pool=true"])
+
+    (run,) = (tmp_path / "pooled").glob("version_*")
+    rows = [r for r in csv.DictReader(open(run / "edits.csv")) if float(r["strength"]) != 0]
+    assert {r["image"] for r in rows} == {"synth40000000", "synth40000001"}
+    expected = {}
+    for direction in sorted({int(r["direction"]) for r in rows}):
+        mine = [r for r in rows if int(r["direction"]) == direction]
+        top = max(FACTOR_NAMES, key=lambda n: np.mean([abs(float(r[f"d_{n}"])) for r in mine]))
+        expected[direction] = top if top not in expected.values() else f"{top}_{direction}"
+    (stored,) = (run / "directions").glob("*.safetensors")
+    assert DirectionSet.load(stored).names == expected
+    assert {r["name"] for r in rows} == set(expected.values())  # both images' rows carry the set's names
