@@ -1,7 +1,8 @@
 """The four discovery methods behind one interface: Jacobian at x_t + region masks -> directions.
 
 `discover` takes one image's JacobianOperator, or several images' (a list or a StackedJacobian) for one
-direction set from the summed operators sum_i J_i^T M J_i.
+direction set from the summed operators sum_i J_i^T M J_i. Each method's `find` is its paper's procedure;
+`discover` adds the optional rotation of each group (`lit_hspace.rotation`).
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ def rotated(found: Directions, jac: JacobianOperator | StackedJacobian, region_n
         rows = [i for i, lab in enumerate(found.labels) if lab == label]
         if len(rows) < 2:
             continue
-        effects = jac.jvp(found.vectors[rows].to(jac.h0).reshape(len(rows), *jac.in_shape)) * group_mask(label, region_names, masks).to(jac.h0)
+        mask = group_mask(label, region_names, masks).to(jac.h0)
+        effects = jac.jvp(found.vectors[rows].to(jac.h0).reshape(len(rows), *jac.in_shape)) * mask
         turned, norms, iterations[label] = rotate_to_simple_structure(found.vectors[rows], effects.flatten(1).to(found.vectors))
         vectors[rows], values[rows] = orient(turned), norms
     return replace(found, vectors=vectors, values=values, info={**found.info, "varimax_iterations": iterations})
