@@ -41,7 +41,8 @@ def rotate_to_simple_structure(vectors: Tensor, effects: Tensor) -> tuple[Tensor
     """vectors (d, n) orthonormal, effects (d, p) their masked effects (rows of M J v): the varimax-rotated
     vectors (d, n), still orthonormal and spanning the same subspace, ordered by the norm of their effect, with
     those norms (d,) and varimax's iterations."""
-    rotation, iterations = varimax(effects.double().T)
-    norms = (effects.double().T @ rotation).norm(dim=0)
+    loadings = effects.double().T
+    rotation, iterations = varimax(loadings)
+    norms = (loadings @ rotation).norm(dim=0)
     order = norms.argsort(descending=True)
     return (rotation.T @ vectors.double())[order].to(vectors.dtype), norms[order].to(vectors.dtype), iterations
