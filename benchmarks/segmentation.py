@@ -30,12 +30,17 @@ from lit_hspace.synth.faces import synth_face
 
 # The shipped default, and variants that each change one of its settings.
 VARIANTS: dict[str, Segmentation] = {
-    "default (decoder, 0.02T, 24 parts, smoothing 0.7)": Segmentation(),
-    "jacobian signal, at 0.6T": Segmentation(signal="jacobian", timestep=0.6),
+    "default (decoder block -2, 8 components, 20 parts, smoothing 0.3, connected pieces)": Segmentation(),
+    "all up blocks": Segmentation(blocks=()),
+    "all features (no principal components)": Segmentation(components=0),
+    "whole parts (not split into connected pieces)": Segmentation(connected=False),
+    "16 parts": Segmentation(parts=16),
+    "24 parts": Segmentation(parts=24),
+    "smoothing 0.7": Segmentation(smoothing=0.7),
     "decoder at 0.6T": Segmentation(timestep=0.6),
-    "no smoothing": Segmentation(smoothing=0.0),
-    "8 parts": Segmentation(parts=8),
-    "parts split into connected pieces": Segmentation(connected=True),
+    "jacobian signal, at 0.6T": Segmentation(signal="jacobian", timestep=0.6),
+    "earlier default (all blocks, all features, 24 parts, smoothing 0.7, whole parts)": Segmentation(
+        blocks=(), components=0, parts=24, smoothing=0.7, connected=False),
 }
 
 

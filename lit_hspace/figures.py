@@ -73,9 +73,11 @@ def labelled_grid(cells: list[list[Tensor | None]], col_labels: list[str], row_l
 
 
 def parts_figure(image: Tensor, names: list[str], masks: Tensor) -> Image.Image:
-    """The image (C, H, W) in [-1, 1] beside its parts (masks (P, 1, H, W), a partition) coloured over it, each
-    named at its pixel nearest the part's centre (so that a ring's name sits on the ring); nearest-neighbour
-    upscaling to at least PARTS_SIDE pixels."""
+    """The image (C, H, W) in [-1, 1] beside its parts (masks (P, 1, H, W), a partition) coloured over it;
+    nearest-neighbour upscaling to at least PARTS_SIDE pixels. Named regions carry their name, parts named
+    part<i> their number i, each at its pixel nearest the part's centre (so that a ring's label sits on the ring).
+    Labels are placed named regions first, then parts by size; one that would cover a placed label is left out
+    and counted in the title."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -84,21 +86,37 @@ def parts_figure(image: Tensor, names: list[str], masks: Tensor) -> Image.Image:
     labels = masks[:, 0].float().cpu().argmax(0).numpy()
     colours = colormaps["tab20" if len(names) > 10 else "tab10"]
     figure = Figure(figsize=(2 * PARTS_SIDE / 100, PARTS_SIDE / 100 + 0.4), dpi=100)
+    canvas = FigureCanvasAgg(figure)
     axes = figure.subplots(1, 2)
     for ax in axes:
         ax.imshow(rgb, interpolation="nearest")
         ax.set_axis_off()
     axes[1].imshow(labels, cmap=colours, vmin=-0.5, vmax=colours.N - 0.5, alpha=0.55, interpolation="nearest")
-    for i, (name, mask) in enumerate(zip(names, masks.cpu())):
-        ys, xs = torch.nonzero(mask[0], as_tuple=True)
-        if len(ys):
-            centre = torch.stack([ys.float().mean(), xs.float().mean()])
-            nearest = ((torch.stack([ys, xs], 1).float() - centre).norm(dim=1)).argmin()
-            axes[1].text(xs[nearest].item(), ys[nearest].item(), name, ha="center", va="center", fontsize=10, color="white",
-                         bbox=dict(boxstyle="round,pad=0.15", fc=colours(i % colours.N), ec="none", alpha=0.9))
+    unnamed = [name.startswith("part") for name in names]
+    sizes = masks.flatten(1).sum(1).tolist()
+    order = sorted(range(len(names)), key=lambda i: (unnamed[i], -sizes[i]))
     axes[0].set_title("image", fontsize=12)
-    axes[1].set_title(f"{len(names)} automatic parts", fontsize=12)
+    axes[1].set_title(f"{len(names)} automatic parts", fontsize=12)  # laid out with its title, before the labels
     figure.tight_layout()
-    canvas = FigureCanvasAgg(figure)
+    renderer = canvas.get_renderer()
+    placed, left_out = [], 0
+    for i in order:
+        ys, xs = torch.nonzero(masks[i, 0].cpu(), as_tuple=True)
+        if not len(ys):
+            continue
+        centre = torch.stack([ys.float().mean(), xs.float().mean()])
+        nearest = ((torch.stack([ys, xs], 1).float() - centre).norm(dim=1)).argmin()
+        text = axes[1].text(xs[nearest].item(), ys[nearest].item(), names[i].removeprefix("part") if unnamed[i] else names[i],
+                            ha="center", va="center", fontsize=8 if unnamed[i] else 11, color="white",
+                            bbox=dict(boxstyle="round,pad=0.15", fc=colours(i % colours.N), ec="none", alpha=0.9))
+        box = text.get_window_extent(renderer)
+        if any(box.overlaps(other) for other in placed):
+            text.remove()
+            left_out += 1
+        else:
+            placed.append(box)
+    named = len(names) - sum(unnamed)
+    title = f"{named} named regions, {sum(unnamed)} other parts (numbers: part<i>)"
+    axes[1].set_title(title + (f"; {left_out} labels left out to avoid overlap" if left_out else ""), fontsize=11)
     canvas.draw()
     return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())

@@ -121,7 +121,7 @@ class HSpaceEditor(L.LightningModule):
         self.region_preset, self.segmentation = region_preset, segmentation
         if self.automatic:
             # Automatic masks differ per image: they are found, and the method checks them, image by image.
-            check_auto_names(self.regions, region_preset, segmentation.parts)
+            check_auto_names(self.regions, region_preset, segmentation)
             cluster_grid(segmentation, *self.hspace.output_shape[-2:])
             check_timestep(self.ddim, segmentation, self.t)
             if discovery.pool:

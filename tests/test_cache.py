@@ -142,7 +142,7 @@ def test_automatic_parts_hit_for_the_same_latent_and_settings_and_miss_for_other
     assert torch.equal(masks_again, masks) and all(p.mask.dtype == q.mask.dtype for p, q in zip(parts_again, parts))
     assert [(p.name, p.share) for p in parts_again] == [(p.name, p.share) for p in parts]
 
-    other = editor(Segmentation(parts=5))  # another setting: computed, never the stored parts
+    other = editor(Segmentation(parts=5, connected=False))  # another setting: computed, never the stored parts
     _, parts_other = other.image_masks(other.latent(item), item.id)
     assert other.cache.counts.computed == 1 and len(parts_other) == 5
     assert len(list((tmp_path / "parts").glob("*.safetensors"))) == 2

@@ -12,6 +12,7 @@ from lit_hspace.segment import (
     auto_regions,
     check_auto_names,
     connected_pieces,
+    principal_components,
     image_masks,
     jacobian_features,
     kmeans,
@@ -123,7 +124,7 @@ def test_auto_regions_on_a_model_are_binary_masks_covering_the_image(tiny_model)
     the share of its pixels inside its box that it reports."""
     ddim = DDIM(tiny_model, 50)
     for signal in ("jacobian", "decoder", "both"):
-        parts = auto_regions(ddim, tiny_latent(tiny_model), "celebahq", Segmentation(parts=5, signal=signal, k=4, iterations=2))
+        parts = auto_regions(ddim, tiny_latent(tiny_model), "celebahq", Segmentation(parts=5, signal=signal, k=4, iterations=2, connected=False))
         masks = torch.stack([p.mask for p in parts])
         assert 1 <= len(parts) <= 5 and masks.shape[1:] == (1, 16, 16)
         assert set(masks.unique().tolist()) == {0.0, 1.0}
@@ -143,9 +144,25 @@ def test_features_are_read_at_the_segmentation_timestep(tiny_model):
     s = ddim.timestep_at(0.2)
     x_s = ddim.sample(latent, stop=s)
     features = pixel_features(tiny_model, x_s, s, settings)
-    expected = segment_features(features, 4, smoothing=settings.smoothing)
+    expected = connected_pieces(segment_features(features, 4, smoothing=settings.smoothing, components=settings.components))
     found = auto_regions(ddim, latent, None, settings)
     assert torch.equal(torch.stack([p.mask for p in found]), expected)
+
+
+def test_principal_components_keep_a_planted_subspace():
+    """Features that span 3 dimensions of 40: 3 components keep every distance between pixels; 2 keep the
+    variance of the covariance's top 2 eigenvalues (numpy's eigh)."""
+    generator = torch.Generator().manual_seed(0)
+    planted = torch.randn(3, 64, generator=generator) * torch.tensor([[5.0], [2.0], [1.0]])
+    embed = torch.linalg.qr(torch.randn(40, 3, generator=generator, dtype=torch.float64))[0].float()
+    features = (embed @ planted + 3.0).reshape(40, 8, 8)
+    kept = principal_components(features, 3).flatten(1).T.double()
+    pixels = features.flatten(1).T.double()
+    assert torch.allclose(torch.pdist(kept), torch.pdist(pixels), atol=1e-4)
+    two = principal_components(features, 2).flatten(1).T.double()
+    points = features.flatten(1).T.double().numpy()
+    eigenvalues = np.linalg.eigh(np.cov(points.T, bias=True))[0][::-1][:2]
+    assert np.allclose(two.var(0, unbiased=False).numpy(), eigenvalues, rtol=1e-4)
 
 
 def test_connected_pieces_of_planted_masks():
@@ -218,7 +235,11 @@ def test_image_masks_mix_automatic_and_box_regions(tiny_model):
     masks = image_masks(ddim, tiny_latent(tiny_model), [Region("part2", auto=True), box], None, settings)
     assert torch.equal(masks[0], found["part2"]) and torch.equal(masks[1], box.to_mask(16))
     with pytest.raises(ValueError, match=r"automatic region 'mouth' cannot be named: with preset 'None' and 4 parts"):
-        check_auto_names([Region("mouth", auto=True)], None, 4)
+        check_auto_names([Region("mouth", auto=True)], None, settings)
+    whole = Segmentation(parts=4, connected=False)
+    with pytest.raises(ValueError, match=r"automatic region 'part4' cannot be named: .* the names are part0 \.\. part3"):
+        check_auto_names([Region("part4", auto=True)], None, whole)
+    check_auto_names([Region("part4", auto=True)], None, settings)  # pieces: their number is the image's
 
 
 def test_ground_truth_holds_exactly_the_pixels_the_factors_change():
@@ -270,7 +291,7 @@ def test_cli_writes_masks_regions_and_figure(tiny_model_dir, tmp_path):
     assert [f.name for f in folders] == ["face", "seed000007"]
     for folder in folders:
         entries = yaml.safe_load((folder / "regions.yaml").read_text())
-        assert 1 <= len(entries) <= 3
+        assert len(entries) >= 1  # 3 parts, split into their connected pieces
         union = torch.zeros(1, 16, 16)
         for entry in entries:
             pixels = np.asarray(Image.open(entry["mask"]))
@@ -374,7 +395,7 @@ def test_automatic_regions_are_refused_where_they_cannot_work(tiny_model_dir):
     from lit_hspace.module import HSpaceEditor
     from lit_hspace.settings import DiscoverySettings
 
-    with pytest.raises(ValueError, match=r"automatic region 'chin' cannot be named: with preset 'celebahq' and 24 parts"):
+    with pytest.raises(ValueError, match=r"automatic region 'chin' cannot be named: with preset 'celebahq' and 20 parts"):
         HSpaceEditor(model=str(tiny_model_dir), regions=[Region("chin", auto=True)])
     with pytest.raises(ValueError, match=r"discovery.pool finds one set with one mask per region for all images"):
         HSpaceEditor(model=str(tiny_model_dir), regions=[Region("mouth", auto=True)], discovery=DiscoverySettings(pool=True))

@@ -5,9 +5,10 @@ Two signals the model already gives, read at a segmentation timestep (the image'
 - "jacobian": output pixels whose Jacobian rows respond to the same h-space directions belong to the same
   part. Each pixel's rows of J projected on the top-k right singular vectors V (the pixel's entries of J V,
   one per channel and direction) are its feature.
-"both" concatenates the two, each scaled to unit mean norm. The features are smoothed over neighbouring pixels
-and k-means over-segments the image into many small parts; parts are then named after the preset box that holds
-most of their pixels, and parts of one name are merged (`name_parts`). The preset never shapes a part.
+"both" concatenates the two, each scaled to unit mean norm. The features are reduced to their top principal
+components and smoothed over neighbouring pixels; k-means over-segments the image into many small parts, each
+split into its connected pieces; pieces are then named after the preset box that holds most of their pixels,
+and pieces of one name are merged (`name_parts`). The preset never shapes a part.
 The defaults are the measured best on the built-in model (docs/segmentation.md).
 """
 
@@ -38,14 +39,19 @@ class Segmentation:
     Args:
         parts: k-means clusters per image, before parts of one name are merged.
         signal: "decoder", "jacobian" or "both" (see the module's docstring).
+        blocks: the decoder signal reads the outputs of these up blocks (indices into the UNet's up blocks,
+            negative from the end; empty: all). The default, the second-to-last, is the measured best on the
+            built-in model (docs/segmentation.md); on other architectures it was not measured.
+        components: the features are projected on their top principal components before clustering, so that
+            k-means weighs their main contrasts rather than many faint channels (0: all features).
         timestep: fraction of T where the features are read; the image's latent is sampled down to it, so it
             may not lie above the edit timestep.
         smoothing: sigma, in pixels, of the Gaussian that smooths the features over neighbouring pixels (0: none).
         position_weight: the weight of pixel coordinates beside features at unit mean norm.
         min_share: a part is named after the preset box that holds the largest share of its pixels, if that
             share is at least this; otherwise it stays part<i>.
-        connected: split every k-means part into its 4-connected pieces before naming, so that a stray piece of a
-            cluster elsewhere in the image is named on its own (docs/segmentation.md: a trade-off, off by default).
+        connected: split every k-means part into its 4-connected pieces before naming, so that a piece of a
+            cluster elsewhere in the image (another region's skin, a stray blob) is named on its own.
         cluster_side: parts are found on a grid of at most this many pixels a side (features area-averaged onto
             it) and upsampled to the image: at 256 px a 64 x 64 grid makes k-means 16 times cheaper in time and
             memory; images this size or smaller are clustered pixel by pixel.
@@ -54,13 +60,15 @@ class Segmentation:
         seed: k-means++ and subspace-iteration seed.
     """
 
-    parts: int = 24
+    parts: int = 20
     signal: Signal = "decoder"
+    blocks: tuple[int, ...] = (-2,)
+    components: int = 8
     timestep: float = 0.02
-    smoothing: float = 0.7
+    smoothing: float = 0.3
     position_weight: float = 0.0
     min_share: float = 0.5
-    connected: bool = False
+    connected: bool = True
     cluster_side: int = 64
     k: int = 8
     iterations: int = 3
@@ -72,6 +80,8 @@ class Segmentation:
         check_signal(self.signal)
         if not 0.0 < self.timestep <= 1.0:
             raise ValueError(f"segmentation.timestep={self.timestep} must be a fraction of T in (0, 1]")
+        if self.components < 0:
+            raise ValueError(f"segmentation.components={self.components} must be >= 0 (0: all features)")
         if self.smoothing < 0 or self.position_weight < 0:
             raise ValueError(f"segmentation.smoothing={self.smoothing} and position_weight={self.position_weight} must be >= 0")
         if not 0.0 < self.min_share <= 1.0:
@@ -105,6 +115,12 @@ def check_preset(preset: str | None) -> None:
         raise ValueError(f"unknown preset '{preset}': presets are {', '.join(PRESETS)} (or none)")
 
 
+def check_blocks(blocks: tuple[int, ...], count: int) -> None:
+    bad = [i for i in blocks if not -count <= i < count]
+    if bad:
+        raise ValueError(f"segmentation.blocks {bad}: this UNet has {count} up blocks, indices {-count} .. {count - 1}")
+
+
 def check_signal(signal: str) -> None:
     if signal not in SIGNALS:
         raise ValueError(f"unknown signal '{signal}': choose one of {', '.join(SIGNALS)}")
@@ -118,19 +134,22 @@ def jacobian_features(jac: JacobianOperator, k: int, generator: torch.Generator 
 
 
 @torch.no_grad()
-def decoder_features(model: HSpaceUNet, enc: Encoded, size: tuple[int, int] | None = None) -> Tensor:
-    """(D, H, W): every up block's output at x_t, resized to `size` (default: the output size; bilinear up,
-    area-averaged down), each block at unit mean norm."""
+def decoder_features(model: HSpaceUNet, enc: Encoded, size: tuple[int, int] | None = None, blocks: tuple[int, ...] = ()) -> Tensor:
+    """(D, H, W): the outputs at x_t of the up blocks `blocks` (indices, negative from the end; empty: all),
+    resized to `size` (default: the output size; bilinear up, area-averaged down), each block at unit mean norm."""
+    up_blocks = list(model.unet.up_blocks)
+    check_blocks(blocks, len(up_blocks))
+    chosen = [up_blocks[i] for i in blocks] if blocks else up_blocks
     outputs: list[Tensor] = []
-    hooks = [block.register_forward_hook(lambda _m, _a, out: outputs.append(out)) for block in model.unet.up_blocks]
+    hooks = [block.register_forward_hook(lambda _m, _a, out: outputs.append(out)) for block in chosen]
     try:
         model.decode(enc.h, enc)
     finally:
         for hook in hooks:
             hook.remove()
     size = size or tuple(model.output_shape[-2:])
-    blocks = [resize(out[0] if isinstance(out, tuple) else out, size)[0] for out in outputs]
-    return torch.cat([unit_mean_norm(b) for b in blocks])
+    maps = [resize(out[0] if isinstance(out, tuple) else out, size)[0] for out in outputs]
+    return torch.cat([unit_mean_norm(m) for m in maps])
 
 
 def resize(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -258,12 +277,25 @@ def name_parts(masks: Tensor, preset: str | None, min_share: float = 0.5) -> lis
     return regions + unnamed
 
 
-def segment_features(features: Tensor, parts: int, position_weight: float = 0.0, seed: int = 0, smoothing: float = 0.0) -> Tensor:
-    """(parts, 1, H, W) masks: k-means of (D, H, W) pixel features, smoothed over neighbouring pixels by a
-    Gaussian of sigma `smoothing` pixels, optionally with weighted coordinates."""
+def principal_components(features: Tensor, components: int) -> Tensor:
+    """(min(components, D), H, W): the pixels' (D, H, W) features projected on their top principal axes."""
+    points = features.flatten(1).T
+    points = points - points.mean(0)
+    _, _, axes = torch.linalg.svd(points, full_matrices=False)
+    return (points @ axes[:components].T).T.reshape(-1, *features.shape[1:])
+
+
+def segment_features(
+    features: Tensor, parts: int, position_weight: float = 0.0, seed: int = 0, smoothing: float = 0.0, components: int = 0
+) -> Tensor:
+    """(parts, 1, H, W) masks: k-means of (D, H, W) pixel features, optionally reduced to their top principal
+    `components`, smoothed over neighbouring pixels by a Gaussian of sigma `smoothing` pixels, and with weighted
+    coordinates."""
     _, height, width = features.shape
     check_parts(parts, height * width)
     features = unit_mean_norm(features)
+    if components:
+        features = principal_components(features, components)
     if smoothing > 0:
         size = 2 * math.ceil(3 * smoothing) + 1
         features = gaussian_blur(features, [size, size], [smoothing, smoothing])
@@ -282,9 +314,10 @@ def auto_regions(
     height, width = model.output_shape[-2:]
     grid = cluster_grid(settings, height, width)
     check_preset(preset)
+    check_blocks(settings.blocks, len(model.unet.up_blocks))
     t = check_timestep(ddim, settings, latent.t)
     features = pixel_features(model, ddim.descend(latent, t).x, t, settings, chunk_size, grid)
-    masks = segment_features(features, settings.parts, settings.position_weight, settings.seed, settings.smoothing)
+    masks = segment_features(features, settings.parts, settings.position_weight, settings.seed, settings.smoothing, settings.components)
     if settings.connected:
         masks = connected_pieces(masks)
     masks = F.interpolate(masks, size=(height, width), mode="nearest")  # a partition stays one
@@ -326,20 +359,24 @@ def pixel_features(
         rows = jacobian_features(jac, settings.k, generator, oversample=settings.k, max_iter=settings.iterations, tol=1e-2)
         chosen.append(resize((rows / rows.norm(dim=0, keepdim=True).clamp(min=1e-12))[None], size)[0])
     if settings.signal in ("decoder", "both"):
-        chosen.append(decoder_features(model, enc, size))
+        chosen.append(decoder_features(model, enc, size, settings.blocks))
     return torch.cat([unit_mean_norm(f) for f in chosen])
 
 
-def check_auto_names(regions: list[Region], preset: str | None, parts: int) -> None:
-    """Before any compute: every automatic region is a region of `preset` or a part<i> with i < parts."""
+def check_auto_names(regions: list[Region], preset: str | None, settings: Segmentation) -> None:
+    """Before any compute: every automatic region is a region of `preset` or a part<i>, with i < parts unless
+    parts are split into connected pieces (then each image has its own number of pieces)."""
     check_preset(preset)
-    allowed = [*PRESETS.get(preset or "", {}), *(f"part{i}" for i in range(parts))]
+    named = list(PRESETS.get(preset or "", {}))
     for region in regions:
-        if region.auto and region.name not in allowed:
-            raise ValueError(
-                f"automatic region '{region.name}' cannot be named: with preset '{preset}' and {parts} parts "
-                f"the names are {', '.join(allowed)}"
-            )
+        index = region.name.removeprefix("part")
+        if not region.auto or region.name in named or (index.isdigit() and (settings.connected or int(index) < settings.parts)):
+            continue
+        parts = "part<i>, any i (connected pieces)" if settings.connected else f"part0 .. part{settings.parts - 1}"
+        raise ValueError(
+            f"automatic region '{region.name}' cannot be named: with preset '{preset}' and {settings.parts} parts "
+            f"the names are {', '.join([*named, parts])}"
+        )
 
 
 def image_masks(
@@ -348,7 +385,7 @@ def image_masks(
 ) -> Tensor:
     """(N, 1, H, W) masks of resolved `regions` for one image: automatic ones from `auto_regions` (computed
     once, only if some region is automatic), the others from their box or file."""
-    check_auto_names(regions, preset, settings.parts)
+    check_auto_names(regions, preset, settings)
     size = ddim.model.output_shape[-1]
     parts = auto_regions(ddim, latent, preset, settings, chunk_size) if any(r.auto for r in regions) else []
     return masks_of_parts(regions, parts, size).to(latent.x)

@@ -11,7 +11,7 @@ import torch
 from lit_hspace.data import ImageFiles, image_size, list_images
 from lit_hspace.ddim import DDIM, Latent
 from lit_hspace.hspace import HSpaceUNet
-from lit_hspace.segment import SIGNALS, Segmentation, auto_regions, check_preset, check_timestep, cluster_grid
+from lit_hspace.segment import SIGNALS, Segmentation, auto_regions, check_blocks, check_preset, check_timestep, cluster_grid
 from lit_hspace.segment.files import write_parts
 
 
@@ -39,11 +39,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
     """Segment every image; returns the per-image folders written."""
     args = parse_args(argv)
     check_preset(args.preset)
-    settings = Segmentation(args.parts, args.signal, args.segment_timestep, args.smoothing)
+    settings = Segmentation(parts=args.parts, signal=args.signal, timestep=args.segment_timestep, smoothing=args.smoothing)
     files = list_images(args.images) if args.images else []
     model = HSpaceUNet.from_pretrained(args.model)
     side = model.image_shape[-1]
     cluster_grid(settings, *model.output_shape[-2:])
+    check_blocks(settings.blocks, len(model.unet.up_blocks))
     if not args.resize:
         for path in files:
             if image_size(path) != (side, side):
