@@ -84,14 +84,17 @@ def parts_figure(image: Tensor, names: list[str], masks: Tensor) -> Image.Image:
 
     rgb = ((image.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
     labels = masks[:, 0].float().cpu().argmax(0).numpy()
-    colours = colormaps["tab20" if len(names) > 10 else "tab10"]
+    palette = colormaps["tab20"].colors
+    named = sum(not name.startswith("part") for name in names)
+    spare = len(palette) - named  # unnamed parts cycle through the colours the named regions do not use
+    colour = [palette[(i if i < named or spare < 1 else named + (i - named) % spare) % len(palette)] for i in range(len(names))]
     figure = Figure(figsize=(2 * PARTS_SIDE / 100, PARTS_SIDE / 100 + 0.4), dpi=100)
     canvas = FigureCanvasAgg(figure)
     axes = figure.subplots(1, 2)
     for ax in axes:
         ax.imshow(rgb, interpolation="nearest")
         ax.set_axis_off()
-    axes[1].imshow(labels, cmap=colours, vmin=-0.5, vmax=colours.N - 0.5, alpha=0.55, interpolation="nearest")
+    axes[1].imshow(np.asarray(colour)[labels], alpha=0.55, interpolation="nearest")
     unnamed = [name.startswith("part") for name in names]
     sizes = masks.flatten(1).sum(1).tolist()
     order = sorted(range(len(names)), key=lambda i: (unnamed[i], -sizes[i]))
@@ -108,14 +111,13 @@ def parts_figure(image: Tensor, names: list[str], masks: Tensor) -> Image.Image:
         nearest = ((torch.stack([ys, xs], 1).float() - centre).norm(dim=1)).argmin()
         text = axes[1].text(xs[nearest].item(), ys[nearest].item(), names[i].removeprefix("part") if unnamed[i] else names[i],
                             ha="center", va="center", fontsize=8 if unnamed[i] else 11, color="white",
-                            bbox=dict(boxstyle="round,pad=0.15", fc=colours(i % colours.N), ec="none", alpha=0.9))
+                            bbox=dict(boxstyle="round,pad=0.15", fc=colour[i], ec="none", alpha=0.9))
         box = text.get_window_extent(renderer)
         if any(box.overlaps(other) for other in placed):
             text.remove()
             left_out += 1
         else:
             placed.append(box)
-    named = len(names) - sum(unnamed)
     title = f"{named} named regions, {sum(unnamed)} other parts (numbers: part<i>)"
     axes[1].set_title(title + (f"; {left_out} labels left out to avoid overlap" if left_out else ""), fontsize=11)
     canvas.draw()
