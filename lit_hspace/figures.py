@@ -85,7 +85,8 @@ def parts_figure(image: Tensor, names: list[str], masks: Tensor) -> Image.Image:
     rgb = ((image.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
     labels = masks[:, 0].float().cpu().argmax(0).numpy()
     palette = colormaps["tab20"].colors
-    named = sum(not name.startswith("part") for name in names)
+    unnamed = [name.startswith("part") for name in names]
+    named = len(names) - sum(unnamed)
     spare = len(palette) - named  # unnamed parts cycle through the colours the named regions do not use
     colour = [palette[(i if i < named or spare < 1 else named + (i - named) % spare) % len(palette)] for i in range(len(names))]
     figure = Figure(figsize=(2 * PARTS_SIDE / 100, PARTS_SIDE / 100 + 0.4), dpi=100)
@@ -95,7 +96,6 @@ def parts_figure(image: Tensor, names: list[str], masks: Tensor) -> Image.Image:
         ax.imshow(rgb, interpolation="nearest")
         ax.set_axis_off()
     axes[1].imshow(np.asarray(colour)[labels], alpha=0.55, interpolation="nearest")
-    unnamed = [name.startswith("part") for name in names]
     sizes = masks.flatten(1).sum(1).tolist()
     order = sorted(range(len(names)), key=lambda i: (unnamed[i], -sizes[i]))
     axes[0].set_title("image", fontsize=12)

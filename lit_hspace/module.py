@@ -27,7 +27,9 @@ from lit_hspace.layout import RunLayout, RunManifest
 from lit_hspace.methods import RBE, DiscoveryMethod
 from lit_hspace.metrics import EditMetrics, EditScores
 from lit_hspace.regions import Region, region_masks, resolve_regions
-from lit_hspace.segment import AutoRegion, Segmentation, auto_regions, check_auto_names, check_timestep, cluster_grid, masks_of_parts
+from lit_hspace.segment import (
+    AutoRegion, Segmentation, auto_regions, check_auto_names, check_blocks, check_timestep, cluster_grid, masks_of_parts,
+)
 from lit_hspace.settings import DiffusionSettings, DiscoverySettings, EditSettings
 from lit_hspace.store import DirectionStore
 
@@ -123,6 +125,7 @@ class HSpaceEditor(L.LightningModule):
             # Automatic masks differ per image: they are found, and the method checks them, image by image.
             check_auto_names(self.regions, region_preset, segmentation)
             cluster_grid(segmentation, *self.hspace.output_shape[-2:])
+            check_blocks(segmentation.blocks, len(self.hspace.unet.up_blocks))
             check_timestep(self.ddim, segmentation, self.t)
             if discovery.pool:
                 raise ValueError("discovery.pool finds one set with one mask per region for all images; automatic "

@@ -207,6 +207,7 @@ def test_large_images_are_clustered_on_a_coarser_grid(tiny_model):
         (dict(timestep=0.0), r"segmentation.timestep=0.0 must be a fraction of T in \(0, 1\]"),
         (dict(min_share=1.5), r"segmentation.min_share=1.5 must lie in \(0, 1\]"),
         (dict(smoothing=-1.0), r"segmentation.smoothing=-1.0 and position_weight=0.0 must be >= 0"),
+        (dict(components=-1), r"segmentation.components=-1 must be >= 0 \(0: all features\)"),
     ],
 )
 def test_bad_settings_raise(kwargs, match):
@@ -392,6 +393,7 @@ def test_a_run_discovers_and_edits_on_automatic_regions(tmp_path, tiny_model_dir
 
 
 def test_automatic_regions_are_refused_where_they_cannot_work(tiny_model_dir):
+    from lit_hspace.hspace import HSpaceUNet
     from lit_hspace.module import HSpaceEditor
     from lit_hspace.settings import DiscoverySettings
 
@@ -404,3 +406,6 @@ def test_automatic_regions_are_refused_where_they_cannot_work(tiny_model_dir):
     with pytest.raises(ValueError, match=r"parts=300: an image of 256 pixels splits into 2 \.\. 256 parts"):
         HSpaceEditor(model=str(tiny_model_dir), regions=[Region("part0", auto=True)], region_preset=None,
                      segmentation=Segmentation(parts=300))
+    up_blocks = len(HSpaceUNet.from_pretrained(str(tiny_model_dir)).unet.up_blocks)
+    with pytest.raises(ValueError, match=rf"segmentation.blocks \[{up_blocks}\]: this UNet has {up_blocks} up blocks, indices -{up_blocks} \.\. {up_blocks - 1}"):
+        HSpaceEditor(model=str(tiny_model_dir), regions=[Region("mouth", auto=True)], segmentation=Segmentation(blocks=(up_blocks,)))
