@@ -245,10 +245,6 @@ def markdown(table: dict[str, dict], first: str) -> str:
     return "\n".join(lines)
 
 
-# JIVE's regions in the comparison: the two that every dataset face's segmentation names (docs/segmentation.md).
-JIVE_AUTO_REGIONS = ["eyes", "mouth"]
-
-
 def compare_auto_regions(args: argparse.Namespace) -> None:
     """Each method on the same images twice, on the preset box and on the automatic region of that name: how
     much its directions move the region's factors (target) and the others (off-target)."""
@@ -258,7 +254,7 @@ def compare_auto_regions(args: argparse.Namespace) -> None:
             for auto in (False, True):
                 start = time.perf_counter()
                 rows = moved_rows(run("test", method, seeds, args.strengths, Path(tmp), source=args.source, region=args.region,
-                                      joint=JIVE_AUTO_REGIONS, auto=auto))
+                                      joint=args.jive_regions, auto=auto))
                 scores = locality(rows)
                 table[f"{method}, {'automatic' if auto else 'preset box'}"] = {
                     key: scores[key] for key in ("edits", "target factor change", "off-target change", "MSE inside", "MSE outside")
@@ -267,12 +263,13 @@ def compare_auto_regions(args: argparse.Namespace) -> None:
             ratios = ("target factor change", "off-target change")
             table[f"{method}, automatic / box"] = {key: auto[key] / box[key] if key in ratios else "" for key in box}
     command = (f"python benchmarks/locality.py --auto-regions --methods {' '.join(args.methods)} --source {args.source} "
-               f"--num-images {args.num_images} --region {args.region} --strengths {' '.join(f'{s:g}' for s in args.strengths)}")
+               f"--num-images {args.num_images} --region {args.region} --strengths {' '.join(f'{s:g}' for s in args.strengths)}"
+               + (f" --jive-regions {' '.join(args.jive_regions)}" if "jive" in args.methods else ""))
     report = "\n\n".join([
         f"# Directions on automatic regions against the preset boxes: {args.region}",
         f"`{command}` on {platform.machine()} ({torch.get_num_threads()} threads), torch {torch.__version__}. Each method's "
         f"configs/synth/<method>_mouth.yaml on the same images, once with its regions as the synth preset's boxes and once "
-        f"as automatic regions of the same names (lit_hspace.segment defaults); JIVE's regions are {', '.join(JIVE_AUTO_REGIONS)}. "
+        f"as automatic regions of the same names (lit_hspace.segment defaults); JIVE's regions are {', '.join(args.jive_regions)}. "
         f"Target = the largest change among the {args.region}'s factors, off-target = the mean change of the other factors (factor probe, a factor's range = 1). "
         "MSE inside and outside are each measured in the run's own mask, so they do not compare across the two.",
         markdown(table, "method, regions"),
@@ -295,6 +292,8 @@ def main() -> None:
                         help="faces: the generator's faces with known factors, inverted (default); seeds: the model's samples")
     parser.add_argument("--auto-regions", action="store_true",
                         help="compare directions found on automatic regions with those found on the preset boxes (locality only)")
+    parser.add_argument("--jive-regions", nargs="+", default=["eyes", "mouth", "nose", "brows"],
+                        help="auto regions: JIVE's regions, found together (default: its config's four)")
     parser.add_argument("--per-group", type=int, help="transfer: edited directions per region (default: the config's, 3)")
     parser.add_argument("--timestep", type=float, help="transfer: the edit timestep as a fraction of T (default: the config's, 0.6)")
     parser.add_argument("--rotation", choices=["none", "varimax"], default="none",

@@ -213,6 +213,21 @@ def principal_angle_sine(a: Tensor, b: Tensor) -> Tensor:
     return torch.linalg.matrix_norm(b - a @ (a.transpose(-1, -2) @ b), ord=2)
 
 
+def determined_columns(masks: Tensor, out_shape: tuple[int, ...], k: int) -> list[int]:
+    """Per mask (m, 1 or C, H, W), how many of the top k right singular vectors of diag(mask) J are determined:
+    its rank is at most the number of output values the mask weighs, and past that the singular values are 0 and
+    any orthonormal completion is as good. Iterations wait only for these (else a 2-pixel region at k = 30 would
+    run to max_iter chasing its null space)."""
+    weighed = masks.expand(len(masks), *out_shape).flatten(1).ne(0).sum(1)
+    return weighed.clamp(max=k).tolist()
+
+
+def leading_movement(old: Tensor, new: Tensor, columns: list[int]) -> float:
+    """Sine of the largest principal angle between the first columns[i] columns of old[i] and new[i] (orthonormal,
+    (m, n, c)), over the problems i; 0 where no column is determined."""
+    return max((principal_angle_sine(o[:, :c], w[:, :c]).item() for o, w, c in zip(old, new, columns) if c), default=0.0)
+
+
 def orient(vectors: Tensor) -> Tensor:
     """Fix the sign of each vector (last dim) so that its largest-magnitude entry is positive."""
     idx = vectors.abs().argmax(-1, keepdim=True)
@@ -236,7 +251,7 @@ def subspace_iteration(
         i.e. the iteration runs on J P with P = I - project_out^T project_out.
     Each iteration is one batched product J V and one batched product J^T (mask^2 * J V) over all
     m * (k + oversample) directions. It stops when the top-k subspaces move less than `tol` (sine of the
-    largest principal angle) or after `max_iter` iterations. Oversampling iterates k + oversample vectors:
+    largest principal angle; of their determined part, `determined_columns`) or after `max_iter` iterations. Oversampling iterates k + oversample vectors:
     the top k then converge at the rate s_{k+oversample+1} / s_k instead of s_{k+1} / s_k.
     """
     n = jac.dim
@@ -246,6 +261,7 @@ def subspace_iteration(
         masks = torch.ones(1, 1, 1, 1, device=jac.h0.device, dtype=jac.h0.dtype)
     m = masks.shape[0]
     weights = (masks**2).repeat_interleave(width, dim=0)
+    columns = determined_columns(masks, jac.out_shape, k)
 
     def project(v: Tensor) -> Tensor:  # (m, n, k), columns kept orthogonal to project_out
         return v if project_out is None else v - project_out.T @ (project_out @ v)
@@ -259,7 +275,7 @@ def subspace_iteration(
         pulled = jac.vjp(weights * jac.jvp(directions))  # J^T M^2 J V
         pulled = project(pulled.reshape(m, width, n).transpose(1, 2))
         new_basis, values_sq, _ = torch.linalg.svd(pulled, full_matrices=False)
-        movement = principal_angle_sine(basis[..., :k], new_basis[..., :k]).max().item()
+        movement = leading_movement(basis, new_basis, columns)
         basis = new_basis
         if movement < tol:
             break

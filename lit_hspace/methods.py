@@ -7,6 +7,7 @@ direction set from the summed operators sum_i J_i^T M J_i. Each method's `find` 
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -15,7 +16,9 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
-from lit_hspace.jacobian import JacobianOperator, StackedJacobian, TruncatedSVD, as_operator, orient, subspace_iteration
+from lit_hspace.jacobian import (
+    JacobianOperator, StackedJacobian, TruncatedSVD, as_operator, determined_columns, orient, subspace_iteration,
+)
 from lit_hspace.jive import check_ranks, jive
 from lit_hspace.regions import Region, group_mask
 from lit_hspace.rotation import ROTATIONS, Rotation, rotate_to_simple_structure
@@ -134,6 +137,14 @@ class DiscoveryMethod(ABC):
     ) -> Directions:
         """masks: (N, 1, H, W), one per region, at the output resolution; `solves` carries out the subspace
         solves (by default each is computed; `lit_hspace.cache` reuses stored ones)."""
+        out_shape = as_operator(jac).out_shape
+        for region, columns in zip(regions, determined_columns(masks, out_shape, self.k)):
+            if columns < self.k:  # e.g. a tiny automatic part: the solves wait only for the determined directions
+                warnings.warn(
+                    f"{self.name}: region '{region.name}' weighs {columns} output values, fewer than k={self.k}: at most "
+                    f"{columns} independent directions change it, and any found for it past those have singular value 0",
+                    stacklevel=2,
+                )
         found = self.find(jac, regions, masks, generator, solves)
         return found if self.rotation == "none" else rotated(found, as_operator(jac), [r.name for r in regions], masks)
 

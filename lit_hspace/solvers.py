@@ -22,7 +22,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from lit_hspace.jacobian import TruncatedSVD, check_k, orient, principal_angle_sine
+from lit_hspace.jacobian import TruncatedSVD, check_k, determined_columns, leading_movement, orient
 
 # X (m, n, c) float64 -> (A X, B X), each (m, n, c) float64; B X is None where B = I.
 Apply = Callable[[Tensor], tuple[Tensor, Tensor | None]]
@@ -37,7 +37,7 @@ class Eigenpairs:
     basis: Tensor  # (m, n, width) float64 orthonormal span of all Ritz vectors: a warm start for a nearby problem
     iterations: int  # pencil applications (one block of `width` vectors per problem each)
     movement: float  # sine of the largest principal angle the top-k subspaces moved in the last iteration
-    residual: float  # largest ||A y - theta B y|| / (theta ||y||) over the top k Ritz vectors y (||A y|| at convergence, B = I)
+    residual: float  # largest ||A y - theta B y|| / (theta ||y||) over the determined top-k Ritz vectors y (||A y|| at convergence, B = I)
 
 
 class Pencil(Protocol):
@@ -104,6 +104,7 @@ def lobpcg(
     start: Tensor | None = None,
     device: torch.device | str = "cpu",
     precondition: Callable[[Tensor], Tensor] | None = None,
+    columns: list[int] | None = None,
 ) -> Eigenpairs:
     """Top-k eigenpairs of m symmetric pencils (A_i, B_i), B_i positive definite, by block LOBPCG.
 
@@ -113,6 +114,8 @@ def lobpcg(
     start: (m, n, c) a warm start (e.g. a returned `basis`); missing columns are drawn from `generator`.
     precondition: R (m, n, c) -> T R with T symmetric positive definite, ideally close to B^-1 (or to
         (A - theta B)^-1): the residuals it maps span the next search directions.
+    columns: per problem, how many of the top k are determined (at most A's rank, `determined_columns`; default
+        all k): the movement and the residual are measured on those, the rest have eigenvalue 0.
     Stops when the top-k subspace moves less than `tol` between iterations (sine of the largest principal
     angle, as `subspace_iteration` measures it) or after `max_iter` pencil applications. When the complement
     has at most 3 * width dimensions, one application to a basis of all of it gives the exact answer.
@@ -121,6 +124,8 @@ def lobpcg(
     free = n - (0 if project_out is None else len(project_out))
     check_k(k, free)
     width = min(max(width or k, k), free)
+    columns = [k] * m if columns is None else columns
+    counted = torch.arange(k, device=device) < torch.tensor(columns, device=device)[:, None, None]  # (m, 1, k)
     out = None if project_out is None else project_out.to(device, torch.float64)
 
     def project(v: Tensor) -> Tensor:
@@ -128,8 +133,8 @@ def lobpcg(
 
     x = torch.randn(m, n, width, generator=generator, dtype=torch.float64).to(device)
     if start is not None:
-        columns = min(start.shape[-1], width)
-        x[..., :columns] = start[..., :columns].to(x)
+        given = min(start.shape[-1], width)
+        x[..., :given] = start[..., :given].to(x)
     if 3 * width >= free:  # small problem: the whole complement in one block
         x = torch.linalg.svd(project(torch.eye(n, dtype=torch.float64, device=device))).U[:, :free].expand(m, n, free)
     basis = _orthonormal(project(x))
@@ -142,12 +147,12 @@ def lobpcg(
         theta, c = theta[..., :width], c[..., :width]
         ritz, ritz_image = basis @ c, image @ c
         new_top = _orthonormal(ritz[..., :k])
-        movement = 0.0 if basis.shape[-1] == free else math.inf if top is None else principal_angle_sine(top, new_top).max().item()
+        movement = 0.0 if basis.shape[-1] == free else math.inf if top is None else leading_movement(top, new_top, columns)
         top = new_top
         r = project(pencil.residual(ritz, ritz_image, theta))
         # Relative to theta ||y|| (= ||A y|| at convergence where B = I).
         scale = (theta[:, None, :].abs() * ritz.norm(dim=1, keepdim=True)).clamp(min=1e-300)
-        residual = (r.norm(dim=1, keepdim=True) / scale)[..., :k].max().item()
+        residual = ((r.norm(dim=1, keepdim=True) / scale)[..., :k] * counted).max().item()
         if movement < tol or iteration == max_iter:
             break
         # Next basis [X, P, R], in coordinates of the current one: X spans the Ritz vectors; P the rest of
@@ -244,7 +249,7 @@ def block_svd(
     before = jac.products
     found = lobpcg(
         JacobianPencil(jac, masks), jac.dim, masks.shape[0], k, k + oversample, project_out, tol, max_iter, generator,
-        start, jac.h0.device,
+        start, jac.h0.device, columns=determined_columns(masks, jac.out_shape, k),
     )
     values = found.values.clamp(min=0).sqrt().to(jac.h0.dtype)
     vectors = found.vectors.to(jac.h0.dtype)
@@ -261,7 +266,7 @@ def generalized_svd(
     before = jac.products
     found = lobpcg(
         JacobianPencil(jac, inside, outside, shift), jac.dim, len(inside), k, width, tol=tol, max_iter=max_iter,
-        generator=generator, start=start, device=jac.h0.device,
+        generator=generator, start=start, device=jac.h0.device, columns=determined_columns(inside, jac.out_shape, k),
     )
     values = found.values.clamp(min=0).sqrt().to(jac.h0.dtype)
     return TruncatedSVD(found.vectors.to(jac.h0.dtype), values, found.iterations, found.movement, jac.products - before,

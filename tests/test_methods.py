@@ -51,6 +51,19 @@ def test_haas_finds_top_singular_vectors_inside_the_mask():
     assert found.labels == ["top", "top"]
 
 
+def test_region_with_fewer_output_values_than_k_warns_and_keeps_its_determined_direction():
+    """A one-pixel region of the planted operator: only e0 reaches it (gain 5), so one direction changes it and
+    the second of k = 2 has singular value 0; the run says so, naming the region."""
+    corner = Region("corner", (0, 0, 0.25, 0.25))
+    masks = region_masks([corner], 4)
+    assert masks.sum() == 1
+    with pytest.warns(UserWarning, match="region 'corner' weighs 1 output values, fewer than k=2"):
+        found = Haas(k=2, tol=1e-6, max_iter=100).discover(linear_operator(disjoint_patterns()), [corner], masks, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(found.vectors[0].abs(), torch.eye(4)[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(found.values, torch.tensor([5.0, 0.0]), atol=1e-5, rtol=0)
+    assert found.info["iterations"] < 100
+
+
 def test_rbe_is_orthogonal_to_the_outside_directions_and_more_local_than_haas():
     """Haas' top masked direction (e0) also moves the outside; RBE projects it out and finds e1, which does not."""
     patterns = disjoint_patterns()

@@ -145,3 +145,24 @@ def test_block_svd_needs_fewer_products_than_subspace_iteration(tiny_model, enco
     for found in (ours, theirs):
         torch.testing.assert_close(found.values[0], s[:k], rtol=1e-3, atol=0)
     assert ours.products < theirs.products / 2, (ours.products, theirs.products)
+
+
+@pytest.mark.parametrize("solver", ["lobpcg", "subspace"])
+def test_region_smaller_than_k_converges_on_its_determined_directions(tiny_model, encoded, explicit_jacobian, solver):
+    """A one-pixel region weighs 3 output values, so its masked Jacobian has rank 3 and k = 6 asks for 3 null
+    directions: the solve stops on the determined 3 (the explicit SVD's), in the batch beside a full-rank mask,
+    instead of running to max_iter on the null space."""
+    k, max_iter = 6, 200
+    dot = torch.zeros(1, 16, 16)
+    dot[0, 9, 7] = 1.0
+    masks = torch.stack([dot, MOUTH.to_mask(16)])
+    jac = JacobianOperator.of_decoder(tiny_model, encoded, chunk_size=16)
+    solve = block_svd if solver == "lobpcg" else subspace_iteration
+    found = solve(jac, k, masks, tol=1e-4, max_iter=max_iter, generator=seed(), oversample=k)
+    assert found.movement < 1e-4 and found.iterations < max_iter
+    for i, mask in enumerate(masks):
+        _, s, vh = torch.linalg.svd(mask.expand(3, 16, 16).reshape(-1, 1) * explicit_jacobian, full_matrices=False)
+        rank = 3 if i == 0 else k
+        torch.testing.assert_close(found.values[i, :rank], s[:rank], rtol=1e-3, atol=0)
+        assert principal_angle_sine(found.vectors[i, :rank].T, vh[:rank].T).item() < 1e-2
+    assert found.values[0, 3:].max() < 1e-3 * found.values[0, 0]  # the null directions: singular value ~0
