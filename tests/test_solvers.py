@@ -159,7 +159,9 @@ def test_region_smaller_than_k_converges_on_its_determined_directions(tiny_model
     jac = JacobianOperator.of_decoder(tiny_model, encoded, chunk_size=16)
     solve = block_svd if solver == "lobpcg" else subspace_iteration
     found = solve(jac, k, masks, tol=1e-4, max_iter=max_iter, generator=seed(), oversample=k)
-    assert found.movement < 1e-4 and found.iterations < max_iter
+    full_rank_alone = solve(jac, k, masks[1:], tol=1e-4, max_iter=max_iter, generator=seed(), oversample=k)
+    # The null space is not waited for: about the iterations of the full-rank mask alone (else 3x and more, or max_iter).
+    assert found.movement < 1e-4 and found.iterations <= 1.5 * full_rank_alone.iterations
     for i, mask in enumerate(masks):
         _, s, vh = torch.linalg.svd(mask.expand(3, 16, 16).reshape(-1, 1) * explicit_jacobian, full_matrices=False)
         rank = 3 if i == 0 else k
