@@ -250,9 +250,10 @@ def subspace_iteration(
     project_out: (p, n) orthonormal rows; the search is restricted to their orthogonal complement,
         i.e. the iteration runs on J P with P = I - project_out^T project_out.
     Each iteration is one batched product J V and one batched product J^T (mask^2 * J V) over all
-    m * (k + oversample) directions. It stops when the top-k subspaces move less than `tol` (sine of the
-    largest principal angle; of their determined part, `determined_columns`) or after `max_iter` iterations. Oversampling iterates k + oversample vectors:
-    the top k then converge at the rate s_{k+oversample+1} / s_k instead of s_{k+1} / s_k.
+    m * (k + oversample) directions. It stops when the top-k subspaces (their determined part,
+    `determined_columns`) move less than `tol` (sine of the largest principal angle) or after `max_iter`
+    iterations. Oversampling iterates k + oversample vectors: the top k then converge at the rate
+    s_{k+oversample+1} / s_k instead of s_{k+1} / s_k.
     """
     n = jac.dim
     check_k(k, n)
