@@ -137,8 +137,8 @@ class DiscoveryMethod(ABC):
     ) -> Directions:
         """masks: (N, 1, H, W), one per region, at the output resolution; `solves` carries out the subspace
         solves (by default each is computed; `lit_hspace.cache` reuses stored ones)."""
-        out_shape = as_operator(jac).out_shape
-        for region, columns in zip(regions, determined_columns(masks, out_shape, self.k)):
+        operator = as_operator(jac)
+        for region, columns in zip(regions, determined_columns(masks, operator.out_shape, self.k)):
             if columns < self.k:  # e.g. a tiny automatic part: the solves wait only for the determined directions
                 warnings.warn(
                     f"{self.name}: region '{region.name}' weighs {columns} output values, fewer than k={self.k}: at most "
@@ -146,7 +146,7 @@ class DiscoveryMethod(ABC):
                     stacklevel=2,
                 )
         found = self.find(jac, regions, masks, generator, solves)
-        return found if self.rotation == "none" else rotated(found, as_operator(jac), [r.name for r in regions], masks)
+        return found if self.rotation == "none" else rotated(found, operator, [r.name for r in regions], masks)
 
     @abstractmethod
     def find(self, jac, regions: list[Region], masks: Tensor, generator: torch.Generator, solves: Solves) -> Directions:

@@ -28,7 +28,7 @@ from lit_hspace.methods import RBE, DiscoveryMethod
 from lit_hspace.metrics import EditMetrics, EditScores
 from lit_hspace.regions import Region, region_masks, resolve_regions
 from lit_hspace.segment import (
-    AutoRegion, Segmentation, auto_regions, check_auto_names, check_blocks, check_timestep, cluster_grid, masks_of_parts,
+    AutoRegion, Segmentation, auto_regions, check_auto_names, check_segmentation, masks_of_parts,
 )
 from lit_hspace.settings import DiffusionSettings, DiscoverySettings, EditSettings
 from lit_hspace.store import DirectionStore
@@ -124,9 +124,7 @@ class HSpaceEditor(L.LightningModule):
         if self.automatic:
             # Automatic masks differ per image: they are found, and the method checks them, image by image.
             check_auto_names(self.regions, region_preset, segmentation)
-            cluster_grid(segmentation, *self.hspace.output_shape[-2:])
-            check_blocks(segmentation.blocks, len(self.hspace.unet.up_blocks))
-            check_timestep(self.ddim, segmentation, self.t)
+            check_segmentation(self.ddim, segmentation, self.t)
             if discovery.pool:
                 raise ValueError("discovery.pool finds one set with one mask per region for all images; automatic "
                                  "regions differ per image: give the regions a box or a mask file to pool")

@@ -312,10 +312,8 @@ def auto_regions(
     if latent.x.shape != (1, *model.image_shape):
         raise ValueError(f"x_t has shape {tuple(latent.x.shape)}; this model needs (1, {', '.join(map(str, model.image_shape))})")
     height, width = model.output_shape[-2:]
-    grid = cluster_grid(settings, height, width)
     check_preset(preset)
-    check_blocks(settings.blocks, len(model.unet.up_blocks))
-    t = check_timestep(ddim, settings, latent.t)
+    grid, t = check_segmentation(ddim, settings, latent.t)
     features = pixel_features(model, ddim.descend(latent, t).x, t, settings, chunk_size, grid)
     masks = segment_features(features, settings.parts, settings.position_weight, settings.seed, settings.smoothing, settings.components)
     if settings.connected:
@@ -340,6 +338,15 @@ def check_timestep(ddim: DDIM, settings: Segmentation, edit_t: int) -> int:
             "the features are read on the way down from the edit's latent; choose a fraction at most the edit's"
         )
     return t
+
+
+def check_segmentation(ddim: DDIM, settings: Segmentation, edit_t: int) -> tuple[tuple[int, int], int]:
+    """Before any compute, the settings against this model: the clustering grid holds the parts, the blocks
+    exist, the segmentation timestep lies at or below the edit's. Returns the grid and that timestep."""
+    model = ddim.model
+    grid = cluster_grid(settings, *model.output_shape[-2:])
+    check_blocks(settings.blocks, len(model.unet.up_blocks))
+    return grid, check_timestep(ddim, settings, edit_t)
 
 
 def pixel_features(

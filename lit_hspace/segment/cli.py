@@ -11,7 +11,7 @@ import torch
 from lit_hspace.data import ImageFiles, image_size, list_images
 from lit_hspace.ddim import DDIM, Latent
 from lit_hspace.hspace import HSpaceUNet
-from lit_hspace.segment import SIGNALS, Segmentation, auto_regions, check_blocks, check_preset, check_timestep, cluster_grid
+from lit_hspace.segment import SIGNALS, Segmentation, auto_regions, check_preset, check_segmentation
 from lit_hspace.segment.files import write_parts
 
 
@@ -43,16 +43,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
     files = list_images(args.images) if args.images else []
     model = HSpaceUNet.from_pretrained(args.model)
     side = model.image_shape[-1]
-    cluster_grid(settings, *model.output_shape[-2:])
-    check_blocks(settings.blocks, len(model.unet.up_blocks))
+    ddim = DDIM(model, args.steps)
+    t = ddim.timestep_at(args.timestep)
+    check_segmentation(ddim, settings, t)
     if not args.resize:
         for path in files:
             if image_size(path) != (side, side):
                 width, height = image_size(path)
                 raise ValueError(f"image '{path}' is {width} x {height}, the model's size is {side} x {side}: resize it or pass --resize")
-    ddim = DDIM(model, args.steps)
-    t = ddim.timestep_at(args.timestep)
-    check_timestep(ddim, settings, t)
     written = []
     for image_id, image, latent in latents(model, ddim, t, files, args.seeds or []):
         parts = auto_regions(ddim, latent, args.preset, settings)
