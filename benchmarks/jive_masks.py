@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--regions", nargs="+", default=["eyes", "mouth"], help="JIVE's regions (synth preset names)")
     parser.add_argument("--region", default="eyes", help="the region whose individual directions are scored")
     parser.add_argument("--rank-joint", type=int, default=30)
+    parser.add_argument("--jive-memory", type=int, default=8, help="JIVE's Anderson memory (0: plain alternating steps)")
+    parser.add_argument("--jive-max-iter", type=int, default=5000, help="JIVE's steps at most (500 and memory 0: the earlier default)")
     parser.add_argument("--cache", type=Path, default=None, help="folder keeping each face's explicit Jacobian")
     args = parser.parse_args()
     if args.region not in args.regions:
@@ -58,7 +60,8 @@ def main() -> None:
     size = model.image_shape[-1]
     boxes = resolve_regions(args.regions, "synth")
     scored = args.regions.index(args.region)
-    jive = JIVE(k=30, rank_joint=args.rank_joint, rank_individual=5, tol=1e-3, max_iter=30)
+    jive = JIVE(k=30, rank_joint=args.rank_joint, rank_individual=5, tol=1e-3, max_iter=30, jive_memory=args.jive_memory,
+                jive_max_iter=args.jive_max_iter)
     sums: dict[str, torch.Tensor] = {}
     for i in range(args.num_images):
         image, _ = synth_face(FIRST_FACE + i, size)
@@ -85,7 +88,7 @@ def main() -> None:
         print(f"face {i} done", flush=True)
     base = sums["all boxes"] / args.num_images
     print(f"\n`python benchmarks/jive_masks.py --num-images {args.num_images} --regions {' '.join(args.regions)} "
-          f"--region {args.region} --rank-joint {args.rank_joint}` on {platform.machine()}, torch {torch.__version__}\n")
+          f"--region {args.region} --rank-joint {args.rank_joint} --jive-memory {args.jive_memory} --jive-max-iter {args.jive_max_iter}` on {platform.machine()}, torch {torch.__version__}\n")
     print(f"| masks | {args.region} mask px | change on its truth | outside it | on truth / all boxes | outside / all boxes |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, total in sums.items():

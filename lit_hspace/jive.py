@@ -7,6 +7,7 @@ orthogonal to the joint row space. The top right singular vectors of A_i are reg
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ class JIVEResult:
     individual: list[Tensor]  # per block: (r_A, n) orthonormal, orthogonal to `joint`
     individual_values: list[Tensor]  # per block: (r_A,)
     iterations: int
+    residual: float  # ||F(A) - A|| / ||X|| of the last alternating step F: how far from its fixed point
+    converged: bool  # residual <= tol
 
 
 def _low_rank(x: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -43,39 +46,96 @@ def check_ranks(block_rows: Sequence[int], rank_joint: int, rank_individual: int
         )
 
 
+@dataclass
+class _Step:
+    """One alternating step F from individual parts A: the joint fit of X - A, then each block's individual fit."""
+
+    indiv: Tensor  # F(A): the stacked individual parts
+    joint: Tensor  # (r_C, rows) joint row basis
+    joint_values: Tensor
+    indiv_vectors: list[Tensor]
+    indiv_values: list[Tensor]
+    rss: Tensor  # ||X - C - F(A)||^2
+
+
+def _alternate(x: Tensor, sizes: list[int], indiv: Tensor, rank_joint: int, rank_individual: int) -> _Step:
+    u, s, joint = _low_rank(x - indiv, rank_joint)
+    joint_part = (u * s) @ joint
+    parts, vectors, values = [], [], []
+    for xi, ci in zip(x.split(sizes), joint_part.split(sizes)):
+        residual = xi - ci
+        residual = residual - (residual @ joint.T) @ joint  # orthogonal to the joint row space
+        ui, si, vi = _low_rank(residual, rank_individual)
+        parts.append((ui * si) @ vi)
+        vectors.append(vi)
+        values.append(si)
+    parts = torch.cat(parts)
+    return _Step(parts, joint, s, vectors, values, (x - joint_part - parts).square().sum())
+
+
 def jive(
-    blocks: Sequence[Tensor], rank_joint: int, rank_individual: int, tol: float = 1e-8, max_iter: int = 500
+    blocks: Sequence[Tensor], rank_joint: int, rank_individual: int, tol: float = 1e-7, max_iter: int = 5000, memory: int = 8
 ) -> JIVEResult:
-    """Iterative JIVE. Stops when the residual sum of squares changes by less than tol * ||X||^2."""
+    """Iterative JIVE: the alternating step F of Algorithm 3, repeated to its fixed point.
+
+    On stacked Jacobians the plain iteration converges slowly (on the built-in model's faces its directions after
+    500 steps were still 0.3-0.9 rad from those after 20,000), so the iterate is Anderson-accelerated over the last
+    `memory` steps; an accelerated iterate whose step raises the residual sum of squares is dropped and the
+    iteration restarts, unaccelerated, from the last step it took. Stops once one step
+    moves the individual parts by at most tol * ||X||_F; the result is always that of a plain step. Warns if
+    max_iter is reached first. Runs in float64 on the CPU (the matrices are at most (N k)^2) and returns the input's
+    dtype and device.
+    """
     check_ranks([b.shape[0] for b in blocks], rank_joint, rank_individual)
-    stacked = torch.cat(list(blocks)).double()
+    dtype, device = blocks[0].dtype, blocks[0].device
+    stacked = torch.cat(list(blocks)).to("cpu", torch.float64)
     sizes = [b.shape[0] for b in blocks]
     # Every C and A row lies in the row space of X: work in coordinates of an orthonormal basis of it.
     basis = torch.linalg.qr(stacked.T).Q  # (n, rows)
     x = stacked @ basis
-    x_blocks = list(x.split(sizes))
-    indiv = [torch.zeros_like(b) for b in x_blocks]
-    total, previous = x.square().sum(), torch.inf
+    scale = x.norm()
+    indiv = torch.zeros_like(x)
+    iterates, residuals, best, accelerated = [], [], None, False
     for iteration in range(1, max_iter + 1):
-        u, s, joint = _low_rank(x - torch.cat(indiv), rank_joint)
-        joint_part = (u * s) @ joint
-        indiv_vectors, indiv_values = [], []
-        for i, (xi, ci) in enumerate(zip(x_blocks, joint_part.split(sizes))):
-            residual = xi - ci
-            residual = residual - (residual @ joint.T) @ joint  # orthogonal to the joint row space
-            ui, si, vi = _low_rank(residual, rank_individual)
-            indiv[i] = (ui * si) @ vi
-            indiv_vectors.append(vi)
-            indiv_values.append(si)
-        rss = (x - joint_part - torch.cat(indiv)).square().sum()
-        if abs(previous - rss) <= tol * total:
+        step = _alternate(x, sizes, indiv, rank_joint, rank_individual)
+        if accelerated and step.rss > best.rss:  # the accelerated iterate went uphill: restart from the best
+            iterates, residuals, indiv, accelerated = [], [], best.indiv, False
+            continue
+        best = step
+        moved = (step.indiv - indiv).flatten()
+        residual = float(moved.norm() / scale) if scale > 0 else 0.0
+        if residual <= tol:
             break
-        previous = rss
-    dtype = blocks[0].dtype
+        iterates.append(indiv.flatten())
+        residuals.append(moved)
+        del iterates[: -memory - 1], residuals[: -memory - 1]
+        accelerated = len(iterates) > 1
+        indiv = _anderson(iterates, residuals).view_as(x) if accelerated else step.indiv
+    converged = residual <= tol
+    if not converged:
+        warnings.warn(
+            f"JIVE stopped at jive_max_iter={max_iter} with its step still moving the individual parts by "
+            f"{residual:.2g} of ||X|| (jive_tol={tol:g}): its directions are not at the fixed point; raise jive_max_iter",
+            stacklevel=2,
+        )
+
+    def out(t: Tensor) -> Tensor:
+        return t.to(device, dtype)
+
     return JIVEResult(
-        joint=(joint @ basis.T).to(dtype),
-        joint_values=s.to(dtype),
-        individual=[(v @ basis.T).to(dtype) for v in indiv_vectors],
-        individual_values=[v.to(dtype) for v in indiv_values],
+        joint=out(best.joint @ basis.T),
+        joint_values=out(best.joint_values),
+        individual=[out(v @ basis.T) for v in best.indiv_vectors],
+        individual_values=[out(v) for v in best.indiv_values],
         iterations=iteration,
+        residual=residual,
+        converged=converged,
     )
+
+
+def _anderson(iterates: list[Tensor], residuals: list[Tensor]) -> Tensor:
+    """Anderson mixing (type II): the combination of the last iterates whose predicted step residual is least."""
+    d_residual = torch.stack([b - a for a, b in zip(residuals, residuals[1:])], 1)
+    d_iterate = torch.stack([b - a for a, b in zip(iterates, iterates[1:])], 1)
+    gamma = torch.linalg.lstsq(d_residual, residuals[-1][:, None]).solution[:, 0]
+    return iterates[-1] + residuals[-1] - (d_iterate + d_residual) @ gamma

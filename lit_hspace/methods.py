@@ -201,7 +201,9 @@ class Haas(DiscoveryMethod):
 class JIVE(DiscoveryMethod):
     """Kouzelis et al.: per-region truncated SVDs S_i V_i^T of the masked Jacobians, stacked, then JIVE.
 
-    Returns the r_C joint directions (label "joint") and r_A individual directions per region.
+    Returns the r_C joint directions (label "joint") and r_A individual directions per region. JIVE's own
+    iteration runs to its fixed point (`lit_hspace.jive.jive`: steps moving the individual parts by at most
+    jive_tol * ||X||), Anderson-accelerated over the last `jive_memory` steps (0: Algorithm 3's plain steps).
     """
 
     name = "jive"
@@ -214,8 +216,9 @@ class JIVE(DiscoveryMethod):
         rank_individual: int = 5,
         tol: float = 1e-3,
         max_iter: int = 30,
-        jive_tol: float = 1e-8,
-        jive_max_iter: int = 500,
+        jive_tol: float = 1e-7,
+        jive_max_iter: int = 5000,
+        jive_memory: int = 8,
         oversample: int | None = None,
         solver: Solver = "lobpcg", rotation: Rotation = "none",
     ):
@@ -223,11 +226,13 @@ class JIVE(DiscoveryMethod):
         if rank_individual > k:
             raise ValueError(f"JIVE: individual rank r_A={rank_individual} cannot exceed k={k} rows per region")
         self.rank_joint, self.rank_individual = rank_joint, rank_individual
-        self.jive_tol, self.jive_max_iter = jive_tol, jive_max_iter
+        if isinstance(jive_memory, bool) or not isinstance(jive_memory, int) or jive_memory < 0:
+            raise ValueError(f"JIVE: jive_memory={jive_memory!r} must be an integer >= 0 (0: plain alternating steps)")
+        self.jive_tol, self.jive_max_iter, self.jive_memory = jive_tol, jive_max_iter, jive_memory
 
     def params(self) -> dict[str, Any]:
         extra = {"rank_joint": self.rank_joint, "rank_individual": self.rank_individual, "jive_tol": self.jive_tol}
-        return {**super().params(), **extra, "jive_max_iter": self.jive_max_iter}
+        return {**super().params(), **extra, "jive_max_iter": self.jive_max_iter, "jive_memory": self.jive_memory}
 
     def check(self, regions, masks, h_dim) -> None:
         super().check(regions, masks, h_dim)
@@ -241,11 +246,13 @@ class JIVE(DiscoveryMethod):
             self.rank_individual,
             self.jive_tol,
             self.jive_max_iter,
+            self.jive_memory,
         )
         vectors = torch.cat([result.joint, *result.individual])
         values = torch.cat([result.joint_values, *result.individual_values])
         labels = ["joint"] * self.rank_joint + [r.name for r in regions for _ in range(self.rank_individual)]
-        info = {**convergence(svd), "jive_iterations": result.iterations}
+        info = {**convergence(svd), "jive_iterations": result.iterations, "jive_residual": result.residual,
+                "jive_converged": result.converged}
         return Directions(vectors, values, labels, info)
 
 

@@ -74,8 +74,8 @@ def test_singular_values_are_the_planted_strengths(fit):
 def test_noiseless_fit_converges_to_planted_components():
     """Without noise and with a tight tol, the values are those of the planted C and each W_i S_a V_i."""
     blocks, vj, vis = planted(seed=3, noise=0.0)
-    res = jive(blocks, R_C, R_A, tol=1e-16, max_iter=300)
-    assert res.iterations < 300
+    res = jive(blocks, R_C, R_A, tol=1e-12, max_iter=300)
+    assert res.converged and res.iterations < 300
     assert principal_angle_sine(res.joint.T, vj.T) < 1e-6
     joint_part = torch.cat(blocks) @ vj.T @ vj
     assert torch.allclose(res.joint_values, torch.linalg.svdvals(joint_part)[:R_C], rtol=1e-6)
@@ -117,10 +117,45 @@ def test_check_ranks_uses_smallest_block():
         check_ranks([5, 3], 9, 1)
 
 
-def test_tol_zero_runs_exactly_max_iter():
-    """With tol=0 the loop cannot stop early: it runs exactly max_iter iterations."""
+def test_tol_zero_runs_exactly_max_iter_and_warns():
+    """With tol=0 the loop cannot stop early: it runs exactly max_iter iterations and says it did not converge."""
     blocks, _, _ = planted(seed=2)
-    assert jive(blocks, R_C, R_A, tol=0.0, max_iter=3).iterations == 3
+    with pytest.warns(UserWarning, match=r"jive_max_iter=3 .*not at the fixed point"):
+        res = jive(blocks, R_C, R_A, tol=0.0, max_iter=3)
+    assert res.iterations == 3 and not res.converged and res.residual > 0
+
+
+def plain_jive(blocks, rank_joint, rank_individual, steps):
+    """Algorithm 3 as printed, `steps` times from A = 0: (joint row basis, individual row bases)."""
+    x, sizes = torch.cat(blocks), [b.shape[0] for b in blocks]
+    indiv = torch.zeros_like(x)
+    for _ in range(steps):
+        u, s, vh = torch.linalg.svd(x - indiv, full_matrices=False)
+        joint = vh[:rank_joint]
+        joint_part = (u[:, :rank_joint] * s[:rank_joint]) @ joint
+        parts, vectors = [], []
+        for xi, ci in zip(x.split(sizes), joint_part.split(sizes)):
+            ui, si, vi = torch.linalg.svd((xi - ci) @ (torch.eye(x.shape[1], dtype=x.dtype) - joint.T @ joint), full_matrices=False)
+            parts.append((ui[:, :rank_individual] * si[:rank_individual]) @ vi[:rank_individual])
+            vectors.append(vi[:rank_individual])
+        indiv = torch.cat(parts)
+    return joint, vectors
+
+
+def test_slowly_converging_blocks_reach_the_plain_iterations_fixed_point():
+    """Blocks without planted structure (decaying spectra, like stacked S_i V_i^T), where the plain iteration
+    needs over a thousand steps: the accelerated default stops at the fixed point that 3000 plain steps reach,
+    where 500 plain steps are still far from it."""
+    g = torch.Generator().manual_seed(1)
+    blocks = [torch.diag(torch.logspace(0, -1, 10, dtype=torch.float64)) @ torch.randn(10, 30, generator=g, dtype=torch.float64)
+              for _ in range(4)]
+    joint, individual = plain_jive(blocks, 8, 2, 3000)
+    res = jive(blocks, 8, 2)
+    assert res.converged and res.iterations < 3000
+    assert principal_angle_sine(res.joint.T, joint.T) < 1e-4
+    assert max(principal_angle_sine(a.T, b.T) for a, b in zip(res.individual, individual)) < 1e-4
+    _, early = plain_jive(blocks, 8, 2, 500)
+    assert max(principal_angle_sine(a.T, b.T) for a, b in zip(early, individual)) > 0.05
 
 
 def test_default_tol_stops_early():
