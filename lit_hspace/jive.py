@@ -81,9 +81,8 @@ def jive(
     On stacked Jacobians the plain iteration converges slowly (on the built-in model's faces its directions after
     500 steps were still 0.3-0.9 rad from those after 20,000), so the iterate is Anderson-accelerated over the last
     `memory` steps; an accelerated iterate whose step raises the residual sum of squares is dropped and the
-    iteration restarts, unaccelerated, from the last step it took. Stops once one step
-    moves the individual parts by at most tol * ||X||_F; the result is always that of a plain step. Warns if
-    max_iter is reached first. Runs in float64 on the CPU (the matrices are at most (N k)^2) and returns the input's
+    iteration restarts, unaccelerated, from the last step it accepted. Stops once one step moves the individual
+    parts by at most tol * ||X||_F; the result is always one step F's output. Warns if max_iter is reached first. Runs in float64 on the CPU (the matrices are at most (N k)^2) and returns the input's
     dtype and device.
     """
     check_ranks([b.shape[0] for b in blocks], rank_joint, rank_individual)
@@ -95,13 +94,13 @@ def jive(
     x = stacked @ basis
     scale = x.norm()
     indiv = torch.zeros_like(x)
-    iterates, residuals, best, accelerated = [], [], None, False
+    iterates, residuals, last, accelerated = [], [], None, False
     for iteration in range(1, max_iter + 1):
         step = _alternate(x, sizes, indiv, rank_joint, rank_individual)
-        if accelerated and step.rss > best.rss:  # the accelerated iterate went uphill: restart from the best
-            iterates, residuals, indiv, accelerated = [], [], best.indiv, False
+        if accelerated and step.rss > last.rss:  # the accelerated iterate went uphill: restart from the last step
+            iterates, residuals, indiv, accelerated = [], [], last.indiv, False
             continue
-        best = step
+        last = step
         moved = (step.indiv - indiv).flatten()
         residual = float(moved.norm() / scale) if scale > 0 else 0.0
         if residual <= tol:
@@ -123,10 +122,10 @@ def jive(
         return t.to(device, dtype)
 
     return JIVEResult(
-        joint=out(best.joint @ basis.T),
-        joint_values=out(best.joint_values),
-        individual=[out(v @ basis.T) for v in best.indiv_vectors],
-        individual_values=[out(v) for v in best.indiv_values],
+        joint=out(last.joint @ basis.T),
+        joint_values=out(last.joint_values),
+        individual=[out(v @ basis.T) for v in last.indiv_vectors],
+        individual_values=[out(v) for v in last.indiv_values],
         iterations=iteration,
         residual=residual,
         converged=converged,

@@ -97,6 +97,9 @@ def test_rank_and_region_checks_come_before_compute():
         JIVE(k=3, rank_joint=7, rank_individual=1).check([TOP, BOTTOM], masks, 16)
     with pytest.raises(ValueError, match="r_A=4"):
         JIVE(k=3, rank_joint=2, rank_individual=4)
+    for memory in (-1, 2.5, True):
+        with pytest.raises(ValueError, match=f"jive_memory={memory!r} must be an integer >= 0"):
+            JIVE(k=3, rank_joint=2, rank_individual=1, jive_memory=memory)
     whole = Region("all", (0, 0, 1, 1))
     for method in (RBE(k=2, n_outside=2), JIVE(k=3, rank_joint=1, rank_individual=1)):
         with pytest.raises(ValueError, match="covers the whole image"):
