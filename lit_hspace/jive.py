@@ -82,8 +82,8 @@ def jive(
     500 steps were still 0.3-0.9 rad from those after 20,000), so the iterate is Anderson-accelerated over the last
     `memory` steps; an accelerated iterate whose step raises the residual sum of squares is dropped and the
     iteration restarts, unaccelerated, from the last step it accepted. Stops once one step moves the individual
-    parts by at most tol * ||X||_F; the result is always one step F's output. Warns if max_iter is reached first. Runs in float64 on the CPU (the matrices are at most (N k)^2) and returns the input's
-    dtype and device.
+    parts by at most tol * ||X||_F; the result is always one step F's output. Warns if max_iter is reached first.
+    Runs in float64 on the CPU (the matrices are at most (N k)^2) and returns the input's dtype and device.
     """
     check_ranks([b.shape[0] for b in blocks], rank_joint, rank_individual)
     dtype, device = blocks[0].dtype, blocks[0].device
