@@ -278,8 +278,9 @@ def compare_auto_regions(args: argparse.Namespace) -> None:
             rows = {}
             for auto in (False, True):
                 start = time.perf_counter()
-                rows[auto] = moved_rows(run("test", method, seeds, args.strengths, Path(tmp), source=args.source, region=args.region,
-                                            joint=args.jive_regions, auto=auto))
+                scaled = ("--model.init_args.method.init_args.scale_blocks=true",) if method == "jive" and args.jive_scale_blocks else ()
+                rows[auto] = moved_rows(run("test", method, seeds, args.strengths, Path(tmp), *scaled, source=args.source,
+                                            region=args.region, joint=args.jive_regions, auto=auto))
                 scores = locality(rows[auto])
                 table[f"{method}, {'automatic' if auto else 'preset box'}"] = {
                     key: scores[key] for key in ("edits", *ratios, "MSE inside", "MSE outside")
@@ -294,7 +295,8 @@ def compare_auto_regions(args: argparse.Namespace) -> None:
                 off_target[f"{method}: {name}"] = {"preset box": box, "automatic": auto, "automatic / box": auto / box}
     command = (f"python benchmarks/locality.py --auto-regions --methods {' '.join(args.methods)} --source {args.source} "
                f"--num-images {args.num_images} --region {args.region} --strengths {' '.join(f'{s:g}' for s in args.strengths)}"
-               + (f" --jive-regions {' '.join(args.jive_regions)}" if "jive" in args.methods else ""))
+               + (f" --jive-regions {' '.join(args.jive_regions)}" if "jive" in args.methods else "")
+               + (" --jive-scale-blocks" if args.jive_scale_blocks else ""))
     report = "\n\n".join([
         f"# Directions on automatic regions against the preset boxes: {args.region}",
         f"`{command}` on {platform.machine()} ({torch.get_num_threads()} threads), torch {torch.__version__}. Each method's "
@@ -326,6 +328,8 @@ def main() -> None:
                         help="compare directions found on automatic regions with those found on the preset boxes (locality only)")
     parser.add_argument("--jive-regions", nargs="+", default=["eyes", "mouth", "nose", "brows"],
                         help="auto regions: JIVE's regions, found together (default: its config's four)")
+    parser.add_argument("--jive-scale-blocks", action="store_true",
+                        help="--auto-regions: JIVE with each region's block scaled to unit Frobenius norm (its scale_blocks)")
     parser.add_argument("--per-group", type=int, help="transfer: edited directions per region (default: the config's, 3)")
     parser.add_argument("--timestep", type=float, help="transfer: the edit timestep as a fraction of T (default: the config's, 0.6)")
     parser.add_argument("--rotation", choices=["none", "varimax"], default="none",

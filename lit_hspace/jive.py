@@ -74,7 +74,13 @@ def _alternate(x: Tensor, sizes: list[int], indiv: Tensor, rank_joint: int, rank
 
 
 def jive(
-    blocks: Sequence[Tensor], rank_joint: int, rank_individual: int, tol: float = 1e-7, max_iter: int = 5000, memory: int = 8
+    blocks: Sequence[Tensor],
+    rank_joint: int,
+    rank_individual: int,
+    tol: float = 1e-7,
+    max_iter: int = 5000,
+    memory: int = 8,
+    scale: bool = False,
 ) -> JIVEResult:
     """Iterative JIVE: the alternating step F of Algorithm 3, repeated to its fixed point.
 
@@ -84,10 +90,18 @@ def jive(
     iteration restarts, unaccelerated, from the last step it accepted. Stops once one step moves the individual
     parts by at most tol * ||X||_F; the result is always one step F's output. Warns if max_iter is reached first.
     Runs in float64 on the CPU (the matrices are at most (N k)^2) and returns the input's dtype and device.
+
+    scale: divide each block by its Frobenius norm first (Lock et al.'s scaling), so that every block weighs the
+    same in the joint fit whatever its size; the singular values returned are then in those scaled units.
     """
     check_ranks([b.shape[0] for b in blocks], rank_joint, rank_individual)
     dtype, device = blocks[0].dtype, blocks[0].device
-    stacked = torch.cat(list(blocks)).to("cpu", torch.float64)
+    blocks = [b.to("cpu", torch.float64) for b in blocks]
+    if scale:
+        if any(b.norm() == 0 for b in blocks):
+            raise ValueError("JIVE with scale=True: a block is all zero (an empty region?), it cannot be scaled")
+        blocks = [b / b.norm() for b in blocks]
+    stacked = torch.cat(blocks)
     sizes = [b.shape[0] for b in blocks]
     # Every C and A row lies in the row space of X: work in coordinates of an orthonormal basis of it.
     basis = torch.linalg.qr(stacked.T).Q  # (n, rows)

@@ -7,6 +7,7 @@ direction set from the summed operators sum_i J_i^T M J_i. Each method's `find` 
 
 from __future__ import annotations
 
+import math
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -204,6 +205,9 @@ class JIVE(DiscoveryMethod):
     Returns the r_C joint directions (label "joint") and r_A individual directions per region. JIVE's own
     iteration runs to its fixed point (`lit_hspace.jive.jive`: steps moving the individual parts by at most
     jive_tol * ||X||), Anderson-accelerated over the last `jive_memory` steps (0: Algorithm 3's plain steps).
+    scale_blocks: each region's block divided by its Frobenius norm before JIVE (Lock et al.'s scaling; the paper's
+    Algorithm 1 stacks them as they are, the default), so that a region's weight in the joint fit does not
+    depend on its pixel count (docs/segmentation.md measures what that changes on small masks).
     """
 
     name = "jive"
@@ -219,6 +223,7 @@ class JIVE(DiscoveryMethod):
         jive_tol: float = 1e-7,
         jive_max_iter: int = 5000,
         jive_memory: int = 8,
+        scale_blocks: bool = False,
         oversample: int | None = None,
         solver: Solver = "lobpcg", rotation: Rotation = "none",
     ):
@@ -228,11 +233,19 @@ class JIVE(DiscoveryMethod):
         self.rank_joint, self.rank_individual = rank_joint, rank_individual
         if isinstance(jive_memory, bool) or not isinstance(jive_memory, int) or jive_memory < 0:
             raise ValueError(f"JIVE: jive_memory={jive_memory!r} must be an integer >= 0 (0: plain alternating steps)")
+        if isinstance(jive_tol, bool) or not isinstance(jive_tol, (int, float)) or not 0 <= jive_tol < math.inf:
+            raise ValueError(f"JIVE: jive_tol={jive_tol!r} must be a finite number >= 0, e.g. 1e-7")
+        if isinstance(jive_max_iter, bool) or not isinstance(jive_max_iter, int) or jive_max_iter < 1:
+            raise ValueError(f"JIVE: jive_max_iter={jive_max_iter!r} must be an integer >= 1")
+        if not isinstance(scale_blocks, bool):
+            raise ValueError(f"JIVE: scale_blocks={scale_blocks!r} must be true or false")
         self.jive_tol, self.jive_max_iter, self.jive_memory = jive_tol, jive_max_iter, jive_memory
+        self.scale_blocks = scale_blocks
 
     def params(self) -> dict[str, Any]:
         extra = {"rank_joint": self.rank_joint, "rank_individual": self.rank_individual, "jive_tol": self.jive_tol}
-        return {**super().params(), **extra, "jive_max_iter": self.jive_max_iter, "jive_memory": self.jive_memory}
+        return {**super().params(), **extra, "jive_max_iter": self.jive_max_iter, "jive_memory": self.jive_memory,
+                "scale_blocks": self.scale_blocks}
 
     def check(self, regions, masks, h_dim) -> None:
         super().check(regions, masks, h_dim)
@@ -247,6 +260,7 @@ class JIVE(DiscoveryMethod):
             self.jive_tol,
             self.jive_max_iter,
             self.jive_memory,
+            self.scale_blocks,
         )
         vectors = torch.cat([result.joint, *result.individual])
         values = torch.cat([result.joint_values, *result.individual_values])

@@ -158,6 +158,26 @@ def test_slowly_converging_blocks_reach_the_plain_iterations_fixed_point():
     assert max(principal_angle_sine(a.T, b.T) for a, b in zip(early, individual)) > 0.05
 
 
+def test_scaled_blocks_weigh_equally_whatever_their_size():
+    """scale=True fits the blocks divided by their Frobenius norms: the same directions as Algorithm 3's plain steps
+    on blocks normalised by hand, whatever factor each block came with; unscaled, a block 30 times larger than the
+    others pulls the joint space towards its own rows."""
+    g = torch.Generator().manual_seed(3)
+    blocks = [torch.diag(torch.logspace(0, -1, 10, dtype=torch.float64)) @ torch.randn(10, 30, generator=g, dtype=torch.float64)
+              for _ in range(4)]
+    normalised = [b / b.norm() for b in blocks]
+    joint, individual = plain_jive(normalised, 8, 2, 3000)
+    sized = [b * c for b, c in zip(blocks, (30.0, 1.0, 0.5, 2.0))]
+    res = jive(sized, 8, 2, scale=True)
+    assert res.converged
+    assert principal_angle_sine(res.joint.T, joint.T) < 1e-4
+    assert max(principal_angle_sine(a.T, b.T) for a, b in zip(res.individual, individual)) < 1e-4
+    unscaled = jive(sized, 8, 2)
+    assert principal_angle_sine(unscaled.joint.T, joint.T) > 0.1
+    with pytest.raises(ValueError, match="a block is all zero"):
+        jive([*blocks[:3], torch.zeros_like(blocks[3])], 8, 2, scale=True)
+
+
 def test_default_tol_stops_early():
     """On the well-separated planted problem the default tolerance stops long before max_iter."""
     blocks, _, _ = planted(seed=2)

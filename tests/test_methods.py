@@ -100,6 +100,14 @@ def test_rank_and_region_checks_come_before_compute():
     for memory in (-1, 2.5, True):
         with pytest.raises(ValueError, match=f"jive_memory={memory!r} must be an integer >= 0"):
             JIVE(k=3, rank_joint=2, rank_individual=1, jive_memory=memory)
+    for tol in (-1e-7, float("nan"), "1e-7"):
+        with pytest.raises(ValueError, match="jive_tol=.* must be a finite number >= 0"):
+            JIVE(k=3, rank_joint=2, rank_individual=1, jive_tol=tol)
+    for max_iter in (0, 10.5, True):
+        with pytest.raises(ValueError, match=f"jive_max_iter={max_iter!r} must be an integer >= 1"):
+            JIVE(k=3, rank_joint=2, rank_individual=1, jive_max_iter=max_iter)
+    with pytest.raises(ValueError, match="scale_blocks='yes' must be true or false"):
+        JIVE(k=3, rank_joint=2, rank_individual=1, scale_blocks="yes")
     whole = Region("all", (0, 0, 1, 1))
     for method in (RBE(k=2, n_outside=2), JIVE(k=3, rank_joint=1, rank_individual=1)):
         with pytest.raises(ValueError, match="covers the whole image"):
