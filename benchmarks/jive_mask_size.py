@@ -80,6 +80,9 @@ def main() -> None:
         row = {"mask px": float(np.mean(pixels[variant])),
                "target": scores["target factor change"], "off-target": scores["off-target change"]}
         for key, column in (("target", "factor_target"), ("off-target", "factor_off_target")):
+            if variant == VARIANTS[0]:  # the reference itself: no interval to draw
+                row[f"{key} / box (95% interval)"] = "1"
+                continue
             value, low, high = paired_ratio(per_image(rows[VARIANTS[0]], column), per_image(rows[variant], column))
             row[f"{key} / box (95% interval)"] = f"{value:.2f} ({low:.2f} - {high:.2f})"
         table[variant] = row

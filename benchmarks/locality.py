@@ -279,7 +279,8 @@ def compare_auto_regions(args: argparse.Namespace) -> None:
             for auto in (False, True):
                 start = time.perf_counter()
                 scaled = ("--model.init_args.method.init_args.scale_blocks=true",) if method == "jive" and args.jive_scale_blocks else ()
-                rows[auto] = moved_rows(run("test", method, seeds, args.strengths, Path(tmp), *scaled, source=args.source,
+                grown = (f"--model.init_args.segmentation.grow={args.grow}",) if auto and args.grow else ()
+                rows[auto] = moved_rows(run("test", method, seeds, args.strengths, Path(tmp), *scaled, *grown, source=args.source,
                                             region=args.region, joint=args.jive_regions, auto=auto))
                 scores = locality(rows[auto])
                 table[f"{method}, {'automatic' if auto else 'preset box'}"] = {
@@ -296,12 +297,12 @@ def compare_auto_regions(args: argparse.Namespace) -> None:
     command = (f"python benchmarks/locality.py --auto-regions --methods {' '.join(args.methods)} --source {args.source} "
                f"--num-images {args.num_images} --region {args.region} --strengths {' '.join(f'{s:g}' for s in args.strengths)}"
                + (f" --jive-regions {' '.join(args.jive_regions)}" if "jive" in args.methods else "")
-               + (" --jive-scale-blocks" if args.jive_scale_blocks else ""))
+               + (" --jive-scale-blocks" if args.jive_scale_blocks else "") + (f" --grow {args.grow}" if args.grow else ""))
     report = "\n\n".join([
         f"# Directions on automatic regions against the preset boxes: {args.region}",
         f"`{command}` on {platform.machine()} ({torch.get_num_threads()} threads), torch {torch.__version__}. Each method's "
         f"configs/synth/<method>_mouth.yaml on the same images, once with its regions as the synth preset's boxes and once "
-        f"as automatic regions of the same names (lit_hspace.segment defaults); JIVE's regions are {', '.join(args.jive_regions)}. "
+        f"as automatic regions of the same names (lit_hspace.segment defaults{f', grown by {args.grow} pixel(s)' if args.grow else ''}); JIVE's regions are {', '.join(args.jive_regions)}. "
         f"Target = the largest change among the {args.region}'s factors, off-target = the mean change of the other factors (factor probe, a factor's range = 1). "
         "MSE inside and outside are each measured in the run's own mask, so they do not compare across the two.",
         markdown(table, "method, regions"),
@@ -330,6 +331,8 @@ def main() -> None:
                         help="auto regions: JIVE's regions, found together (default: its config's four)")
     parser.add_argument("--jive-scale-blocks", action="store_true",
                         help="--auto-regions: JIVE with each region's block scaled to unit Frobenius norm (its scale_blocks)")
+    parser.add_argument("--grow", type=int, default=0,
+                        help="--auto-regions: grow the automatic regions by this many pixels (segmentation.grow)")
     parser.add_argument("--per-group", type=int, help="transfer: edited directions per region (default: the config's, 3)")
     parser.add_argument("--timestep", type=float, help="transfer: the edit timestep as a fraction of T (default: the config's, 0.6)")
     parser.add_argument("--rotation", choices=["none", "varimax"], default="none",

@@ -135,6 +135,24 @@ def test_auto_regions_on_a_model_are_binary_masks_covering_the_image(tiny_model)
                 assert p.share == pytest.approx((p.mask * box).sum().item() / p.mask.sum().item()) and p.share >= 0.5
 
 
+def test_grown_parts_take_in_every_pixel_within_the_margin(tiny_model):
+    """With grow = g each part is the ungrown part plus every pixel within g (Chebyshev distance) of it, counted
+    here pixel by pixel; names and shares are those of the ungrown parts."""
+    ddim, latent = DDIM(tiny_model, 50), tiny_latent(tiny_model)
+    plain = auto_regions(ddim, latent, "celebahq", Segmentation(parts=5, connected=False))
+    for g in (1, 2):
+        grown = auto_regions(ddim, latent, "celebahq", Segmentation(parts=5, connected=False, grow=g))
+        assert [(p.name, p.share) for p in grown] == [(p.name, p.share) for p in plain]
+        for before, after in zip(plain, grown):
+            ys, xs = before.mask[0].nonzero(as_tuple=True)
+            expected = torch.zeros(16, 16)
+            for y in range(16):
+                for x in range(16):
+                    expected[y, x] = float(bool((torch.maximum((ys - y).abs(), (xs - x).abs()) <= g).any()))
+            assert torch.equal(after.mask[0], expected)
+            assert after.mask.sum() > before.mask.sum() or before.mask.sum() == 256
+
+
 def test_features_are_read_at_the_segmentation_timestep(tiny_model):
     """The parts are those of the features at the latent sampled down to the segmentation timestep: the same
     k-means of the decoder features at x_s, computed here from DDIM's own sampling."""
@@ -208,6 +226,8 @@ def test_large_images_are_clustered_on_a_coarser_grid(tiny_model):
         (dict(min_share=1.5), r"segmentation.min_share=1.5 must lie in \(0, 1\]"),
         (dict(smoothing=-1.0), r"segmentation.smoothing=-1.0 and position_weight=0.0 must be >= 0"),
         (dict(components=-1), r"segmentation.components=-1 must be >= 0 \(0: all features\)"),
+        (dict(grow=-1), r"segmentation.grow=-1 must be an integer number of pixels >= 0"),
+        (dict(grow=1.5), r"segmentation.grow=1.5 must be an integer number of pixels >= 0"),
     ],
 )
 def test_bad_settings_raise(kwargs, match):

@@ -15,7 +15,7 @@ The defaults are the measured best on the built-in model (docs/segmentation.md).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -55,6 +55,11 @@ class Segmentation:
         cluster_side: parts are found on a grid of at most this many pixels a side (features area-averaged onto
             it) and upsampled to the image: at 256 px a 64 x 64 grid makes k-means 16 times cheaper in time and
             memory; images this size or smaller are clustered pixel by pixel.
+        grow: every part is grown by this many pixels (a square maximum) after naming, so that it takes in a
+            margin around the region as a box does (grown parts may overlap); 0 keeps the parts as found. JIVE's
+            directions depend on the size of each region's mask: on the built-in model its mouth directions
+            moved the other factors 1.34x as much as on the box with the automatic mouth, 0.96x with it grown
+            by 1 pixel (docs/segmentation.md).
         k, iterations: the Jacobian signal projects on the top-k right singular vectors after this many subspace
             iterations (the features need their span, not converged vectors).
         seed: k-means++ and subspace-iteration seed.
@@ -70,6 +75,7 @@ class Segmentation:
     min_share: float = 0.5
     connected: bool = True
     cluster_side: int = 64
+    grow: int = 0
     k: int = 8
     iterations: int = 3
     seed: int = 0
@@ -88,6 +94,8 @@ class Segmentation:
             raise ValueError(f"segmentation.min_share={self.min_share} must lie in (0, 1]")
         if self.cluster_side < 2:
             raise ValueError(f"segmentation.cluster_side={self.cluster_side}: the grid needs at least 2 pixels a side")
+        if isinstance(self.grow, bool) or not isinstance(self.grow, int) or self.grow < 0:
+            raise ValueError(f"segmentation.grow={self.grow!r} must be an integer number of pixels >= 0")
         if self.k < 1 or self.iterations < 1:
             raise ValueError(f"segmentation.k={self.k} and iterations={self.iterations} must be >= 1")
 
@@ -319,7 +327,15 @@ def auto_regions(
     if settings.connected:
         masks = connected_pieces(masks)
     masks = F.interpolate(masks, size=(height, width), mode="nearest")  # a partition stays one
-    return name_parts(masks, preset, settings.min_share)
+    parts = name_parts(masks, preset, settings.min_share)
+    return [grown(p, settings.grow) for p in parts] if settings.grow else parts
+
+
+def grown(part: AutoRegion, pixels: int) -> AutoRegion:
+    """The part with every pixel within `pixels` of it (a (2 pixels + 1) square maximum) added; its share stays
+    the one it was named by."""
+    size = 2 * pixels + 1
+    return replace(part, mask=F.max_pool2d(part.mask[None], size, stride=1, padding=pixels)[0])
 
 
 def cluster_grid(settings: Segmentation, height: int, width: int) -> tuple[int, int]:
