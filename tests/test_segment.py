@@ -331,6 +331,7 @@ def test_cli_writes_masks_regions_and_figure(tiny_model_dir, tmp_path):
         (["--parts", "300"], r"parts=300: an image of 256 pixels splits into 2 \.\. 256 parts"),
         (["--segment-timestep", "0.9"], r"segmentation.timestep=0.9 \(t = 900\) lies above the edit timestep \(t = 600\)"),
         (["--preset", "faces"], r"unknown preset 'faces'"),
+        (["--grow", "-2"], r"segmentation.grow=-2 must be an integer number of pixels >= 0"),
     ],
 )
 def test_cli_bad_settings_raise(tiny_model_dir, tmp_path, extra, match):

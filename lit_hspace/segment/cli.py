@@ -30,6 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--segment-timestep", type=float, default=default.timestep,
                         help=f"where the features are read, fraction of T, at most --timestep (default {default.timestep})")
     parser.add_argument("--smoothing", type=float, default=default.smoothing, help=f"feature smoothing sigma in pixels (default {default.smoothing})")
+    parser.add_argument("--grow", type=int, default=default.grow, help=f"grow every part by this many pixels (default {default.grow})")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
     parser.add_argument("--resize", action="store_true", help="centre-crop and resize images of another size")
     return parser.parse_args(argv)
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     """Segment every image; returns the per-image folders written."""
     args = parse_args(argv)
     check_preset(args.preset)
-    settings = Segmentation(parts=args.parts, signal=args.signal, timestep=args.segment_timestep, smoothing=args.smoothing)
+    settings = Segmentation(parts=args.parts, signal=args.signal, timestep=args.segment_timestep, smoothing=args.smoothing, grow=args.grow)
     files = list_images(args.images) if args.images else []
     model = HSpaceUNet.from_pretrained(args.model)
     side = model.image_shape[-1]
