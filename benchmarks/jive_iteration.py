@@ -29,8 +29,8 @@ from lit_hspace.regions import region_masks, resolve_regions
 from lit_hspace.synth.faces import synth_face
 
 from explicit import explicit_jacobian
+from locality import FIRST_FACE
 
-FIRST_FACE = 40_000_000
 K, RANK_JOINT, RANK_INDIVIDUAL, SCORED = 30, 30, 5, 3  # configs/synth/jive_face.yaml; its edits take 3 per region
 
 

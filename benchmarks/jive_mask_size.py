@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from lit_hspace.ddim import DDIM
 from lit_hspace.hspace import HSpaceUNet
 from lit_hspace.regions import resolve_regions
-from lit_hspace.segment import Segmentation, auto_regions
+from lit_hspace.segment import Segmentation, auto_regions, grown
 from lit_hspace.segment.truth import changeable_pixels, dataset_factors
 from lit_hspace.synth.faces import synth_face
 
@@ -42,15 +41,15 @@ VARIANTS = ("preset box", "automatic", "automatic and ground truth", "automatic,
 STRENGTHS = [-50.0, -25.0, 25.0, 50.0]
 
 
-def target_masks(face: int, region: str, ddim: DDIM, t: int) -> dict[str, torch.Tensor | None]:
+def target_masks(face: int, region: str, ddim: DDIM, t: int) -> dict[str, torch.Tensor]:
     """The target region's mask of each variant on this face, (H, W) bool."""
     image, _ = synth_face(FIRST_FACE + face, ddim.model.image_shape[-1])
     box = resolve_regions([region], "synth")[0].to_mask(image.shape[-1])[0] > 0.5
     latent = ddim.invert(image[None], stop=t)
-    auto = {p.name: p.mask for p in auto_regions(ddim, latent, "synth", Segmentation())}[region][0] > 0.5
+    part = next(p for p in auto_regions(ddim, latent, "synth", Segmentation()) if p.name == region)
+    auto = part.mask[0] > 0.5
     truth = changeable_pixels(dataset_factors(face), region, image.shape[-1])[0] > 0.5
-    grown = F.max_pool2d(auto[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0.5
-    return dict(zip(VARIANTS, (box, auto, auto & truth, grown)))
+    return dict(zip(VARIANTS, (box, auto, auto & truth, grown(part, 1).mask[0] > 0.5)))
 
 
 def main() -> None:

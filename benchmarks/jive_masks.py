@@ -29,8 +29,8 @@ from lit_hspace.segment.truth import changeable_pixels, dataset_factors
 from lit_hspace.synth.faces import synth_face
 
 from explicit import explicit_jacobian, matrix_operator
+from locality import FIRST_FACE
 
-FIRST_FACE = 40_000_000
 SCORED = 3  # directions per region, as the configs edit (edit.per_group)
 
 

@@ -276,9 +276,9 @@ def compare_auto_regions(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
             rows = {}
+            scaled = ("--model.init_args.method.init_args.scale_blocks=true",) if method == "jive" and args.jive_scale_blocks else ()
             for auto in (False, True):
                 start = time.perf_counter()
-                scaled = ("--model.init_args.method.init_args.scale_blocks=true",) if method == "jive" and args.jive_scale_blocks else ()
                 grown = (f"--model.init_args.segmentation.grow={args.grow}",) if auto and args.grow else ()
                 rows[auto] = moved_rows(run("test", method, seeds, args.strengths, Path(tmp), *scaled, *grown, source=args.source,
                                             region=args.region, joint=args.jive_regions, auto=auto))

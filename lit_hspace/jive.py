@@ -98,9 +98,10 @@ def jive(
     dtype, device = blocks[0].dtype, blocks[0].device
     blocks = [b.to("cpu", torch.float64) for b in blocks]
     if scale:
-        if any(b.norm() == 0 for b in blocks):
+        norms = [b.norm() for b in blocks]
+        if any(n == 0 for n in norms):
             raise ValueError("JIVE with scale=True: a block is all zero (an empty region?), it cannot be scaled")
-        blocks = [b / b.norm() for b in blocks]
+        blocks = [b / n for b, n in zip(blocks, norms)]
     stacked = torch.cat(blocks)
     sizes = [b.shape[0] for b in blocks]
     # Every C and A row lies in the row space of X: work in coordinates of an orthonormal basis of it.
