@@ -54,15 +54,16 @@ def data_source(source: str, seeds: list[int], batch_size: int = 1) -> str:
 
 
 def run(command: str, method: str, seeds: list[int], strengths: list[float], save_dir: Path, *extra: str, source: str = "seeds",
-        batch_size: int = 1, region: str = "mouth", joint: list[str] | None = None, auto: bool = False) -> Path:
+        batch_size: int = 1, region: str = "mouth", joint: list[str] | None = None, auto: bool = False,
+        grow: dict[str, int] | None = None) -> Path:
     """One CLI run of the method's config on seeds or on dataset faces (numbered like seeds); returns its run directory.
     joint: JIVE's regions (default: its config's); auto: every region of the run is automatic (found per image,
-    named after the synth preset's boxes)."""
+    named after the synth preset's boxes), each grown by the pixels `grow` gives its name."""
     name = f"{method}_{command}_{len(list(save_dir.glob('*')))}"
     # JIVE finds every region's directions together; its config edits those of one region.
     regions = (joint or []) if method == "jive" else [region]
     if auto:
-        regions = [{"name": r, "auto": True} for r in regions]
+        regions = [{"name": r, "auto": True} | ({"grow": grow[r]} if r in (grow or {}) else {}) for r in regions]
     cli([
         command, "--config", str(CONFIGS / f"{method}_mouth.yaml"),
         data_source(source, seeds, batch_size),
@@ -269,47 +270,66 @@ def paired_ratio(box: dict[str, float], auto: dict[str, float]) -> tuple[float, 
 def compare_auto_regions(args: argparse.Namespace) -> None:
     """Each method on the same images twice, on the preset box and on the automatic region of that name: how
     much its directions move the region's factors (target) and the others (off-target). The ratios come with a
-    95% interval from a paired bootstrap over images, since the faces differ far more than the two runs."""
-    seeds, table, off_target = list(range(args.num_images)), {}, {}
+    95% interval from a paired bootstrap over images, since the faces differ far more than the two runs. With
+    several --region, the runs share one discovery cache: JIVE finds every region's directions at once, so the
+    later regions only edit."""
+    seeds = list(range(args.first_image, args.first_image + args.num_images))
     ratios = {"target factor change": "factor_target", "off-target change": "factor_off_target"}
-    others = [f.name for f in FACTORS if f.region != args.region]
+    region_grow = dict(parse_grow(g) for g in args.region_grow)
+    sections = []
     with tempfile.TemporaryDirectory() as tmp:
-        for method in args.methods:
-            rows = {}
-            scaled = ("--model.init_args.method.init_args.scale_blocks=true",) if method == "jive" and args.jive_scale_blocks else ()
-            for auto in (False, True):
-                start = time.perf_counter()
-                grown = (f"--model.init_args.segmentation.grow={args.grow}",) if auto and args.grow else ()
-                rows[auto] = moved_rows(run("test", method, seeds, args.strengths, Path(tmp), *scaled, *grown, source=args.source,
-                                            region=args.region, joint=args.jive_regions, auto=auto))
-                scores = locality(rows[auto])
-                table[f"{method}, {'automatic' if auto else 'preset box'}"] = {
-                    key: scores[key] for key in ("edits", *ratios, "MSE inside", "MSE outside")
-                } | {"wall time, s": time.perf_counter() - start}
-            cells = {}
-            for key, column in ratios.items():
-                value, low, high = paired_ratio(per_image(rows[False], column), per_image(rows[True], column))
-                cells[key] = f"{value:.2f} ({low:.2f} - {high:.2f})"
-            table[f"{method}, automatic / box (95% interval)"] = {key: cells.get(key, "") for key in table[f"{method}, preset box"]}
-            for name in others:  # which factors the off-target change is made of
-                box, auto = (mean(abs(float(r[f"d_{name}"])) for r in rows[a]) for a in (False, True))
-                off_target[f"{method}: {name}"] = {"preset box": box, "automatic": auto, "automatic / box": auto / box}
+        for region in args.region:
+            table, off_target = {}, {}
+            others = [f.name for f in FACTORS if f.region != region]
+            for method in args.methods:
+                rows = {}
+                scaled = ("--model.init_args.method.init_args.scale_blocks=true",) if method == "jive" and args.jive_scale_blocks else ()
+                for auto in (False, True):
+                    start = time.perf_counter()
+                    grown = (f"--model.init_args.segmentation.grow={args.grow}",) if auto and args.grow else ()
+                    rows[auto] = moved_rows(run("test", method, seeds, args.strengths, Path(tmp), *scaled, *grown, source=args.source,
+                                                region=region, joint=args.jive_regions, auto=auto, grow=region_grow))
+                    scores = locality(rows[auto])
+                    table[f"{method}, {'automatic' if auto else 'preset box'}"] = {
+                        key: scores[key] for key in ("edits", *ratios, "MSE inside", "MSE outside")
+                    } | {"wall time, s": time.perf_counter() - start}
+                cells = {}
+                for key, column in ratios.items():
+                    value, low, high = paired_ratio(per_image(rows[False], column), per_image(rows[True], column))
+                    cells[key] = f"{value:.2f} ({low:.2f} - {high:.2f})"
+                table[f"{method}, automatic / box (95% interval)"] = {key: cells.get(key, "") for key in table[f"{method}, preset box"]}
+                for name in others:  # which factors the off-target change is made of
+                    box, auto = (mean(abs(float(r[f"d_{name}"])) for r in rows[a]) for a in (False, True))
+                    off_target[f"{method}: {name}"] = {"preset box": box, "automatic": auto, "automatic / box": auto / box}
+            sections += [f"## {region}", markdown(table, "method, regions"),
+                         f"Mean change of each factor outside the {region} (the off-target change is their mean):",
+                         markdown(off_target, "method: factor")]
     command = (f"python benchmarks/locality.py --auto-regions --methods {' '.join(args.methods)} --source {args.source} "
-               f"--num-images {args.num_images} --region {args.region} --strengths {' '.join(f'{s:g}' for s in args.strengths)}"
+               f"--num-images {args.num_images}" + (f" --first-image {args.first_image}" if args.first_image else "")
+               + f" --region {' '.join(args.region)} --strengths {' '.join(f'{s:g}' for s in args.strengths)}"
                + (f" --jive-regions {' '.join(args.jive_regions)}" if "jive" in args.methods else "")
-               + (" --jive-scale-blocks" if args.jive_scale_blocks else "") + (f" --grow {args.grow}" if args.grow else ""))
+               + (" --jive-scale-blocks" if args.jive_scale_blocks else "") + (f" --grow {args.grow}" if args.grow else "")
+               + (f" --region-grow {' '.join(args.region_grow)}" if args.region_grow else ""))
+    growth = ([f"every part grown by {args.grow} pixel(s)"] if args.grow else []) + [f"{n} grown by {g} pixel(s)" for n, g in region_grow.items()]
+    images = f"faces {seeds[0]} .. {seeds[-1]}" if args.source == "faces" else f"seeds {seeds[0]} .. {seeds[-1]}"
     report = "\n\n".join([
-        f"# Directions on automatic regions against the preset boxes: {args.region}",
+        f"# Directions on automatic regions against the preset boxes: {', '.join(args.region)}",
         f"`{command}` on {platform.machine()} ({torch.get_num_threads()} threads), torch {torch.__version__}. Each method's "
-        f"configs/synth/<method>_mouth.yaml on the same images, once with its regions as the synth preset's boxes and once "
-        f"as automatic regions of the same names (lit_hspace.segment defaults{f', grown by {args.grow} pixel(s)' if args.grow else ''}); JIVE's regions are {', '.join(args.jive_regions)}. "
-        f"Target = the largest change among the {args.region}'s factors, off-target = the mean change of the other factors (factor probe, a factor's range = 1). "
+        f"configs/synth/<method>_mouth.yaml on the same images ({images}), once with its regions as the synth preset's boxes and once "
+        f"as automatic regions of the same names (lit_hspace.segment defaults{'; ' + ', '.join(growth) if growth else ''}); JIVE's regions are {', '.join(args.jive_regions)}. "
+        "Target = the largest change among the region's factors, off-target = the mean change of the other factors (factor probe, a factor's range = 1). "
         "MSE inside and outside are each measured in the run's own mask, so they do not compare across the two.",
-        markdown(table, "method, regions"),
-        f"Mean change of each factor outside the {args.region} (the off-target change is their mean):",
-        markdown(off_target, "method: factor"),
+        *sections,
     ])
     publish(report, args.out)
+
+
+def parse_grow(text: str) -> tuple[str, int]:
+    """NAME=PIXELS, as --region-grow takes it."""
+    name, _, pixels = text.partition("=")
+    if not name or not pixels.isdigit():
+        raise SystemExit(f"--region-grow {text!r}: give NAME=PIXELS, e.g. mouth=1")
+    return name, int(pixels)
 
 
 def main() -> None:
@@ -321,7 +341,9 @@ def main() -> None:
                         help="transfer from sets of this many images (reference .. reference + size - 1; 1: one image)")
     parser.add_argument("--transfer-images", type=int, default=None, help="unseen images the transfer is measured on (default: --num-images)")
     parser.add_argument("--skip-locality", action="store_true", help="measure transfer only")
-    parser.add_argument("--region", default="mouth", help="the region (of the synth preset) the directions are found for")
+    parser.add_argument("--region", nargs="+", default=["mouth"],
+                        help="the region (of the synth preset) the directions are found for; --auto-regions takes several")
+    parser.add_argument("--first-image", type=int, default=0, help="--auto-regions: the number of the first image (default 0)")
     parser.add_argument("--strengths", type=float, nargs="+", default=[-50, -25, 25, 50])
     parser.add_argument("--source", choices=["seeds", "faces"], default="faces",
                         help="faces: the generator's faces with known factors, inverted (default); seeds: the model's samples")
@@ -333,6 +355,8 @@ def main() -> None:
                         help="--auto-regions: JIVE with each region's block scaled to unit Frobenius norm (its scale_blocks)")
     parser.add_argument("--grow", type=int, default=0,
                         help="--auto-regions: grow the automatic regions by this many pixels (segmentation.grow)")
+    parser.add_argument("--region-grow", nargs="+", default=[], metavar="NAME=PIXELS",
+                        help="--auto-regions: grow these automatic regions alone (a region's grow), e.g. mouth=1")
     parser.add_argument("--per-group", type=int, help="transfer: edited directions per region (default: the config's, 3)")
     parser.add_argument("--timestep", type=float, help="transfer: the edit timestep as a fraction of T (default: the config's, 0.6)")
     parser.add_argument("--rotation", choices=["none", "varimax"], default="none",
@@ -341,6 +365,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.auto_regions:
         return compare_auto_regions(args)
+    if len(args.region) > 1:
+        raise SystemExit(f"--region {' '.join(args.region)}: several regions need --auto-regions")
+    args.region = args.region[0]
 
     seeds = list(range(args.num_images))
     unseen = list(range(args.transfer_images or args.num_images))

@@ -39,6 +39,7 @@ VARIANTS: dict[str, Segmentation] = {
     "smoothing 0.7": Segmentation(smoothing=0.7),
     "decoder at 0.6T": Segmentation(timestep=0.6),
     "jacobian signal, at 0.6T": Segmentation(signal="jacobian", timestep=0.6),
+    "every part grown by 1 pixel": Segmentation(grow=1),
     "earlier default (all blocks, all features, 24 parts, smoothing 0.7, whole parts)": Segmentation(
         blocks=(), components=0, parts=24, smoothing=0.7, connected=False),
 }

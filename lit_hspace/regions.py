@@ -51,17 +51,23 @@ class Region:
         mask: path to a mask image; pixels brighter than half are inside.
         auto: the mask is found per image from the model itself (lit_hspace.segment): the automatic part
             named `name` by its overlap with the preset's region of that name.
+        grow: the mask grown by this many pixels (every pixel within that Chebyshev distance of it added), a
+            margin for a tight mask; an automatic part's on top of `segmentation.grow`. JIVE's directions depend
+            on the size of each region's mask (docs/segmentation.md), so one region can be grown alone.
     """
 
     name: str
     box: Box | None = None
     mask: str | None = None
     auto: bool = False
+    grow: int = 0
 
     def resolved(self, preset: str | None) -> Region:
         """This region with its box filled in from `preset`, validated."""
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"a region needs a non-empty name, got {self.name!r}")
+        if isinstance(self.grow, bool) or not isinstance(self.grow, int) or self.grow < 0:
+            raise ValueError(f"region '{self.name}': grow={self.grow!r} must be an integer number of pixels >= 0")
         if self.auto:
             if self.box is not None or self.mask is not None:
                 given = f"box {self.box}" if self.box is not None else f"mask '{self.mask}'"
@@ -82,13 +88,13 @@ class Region:
                     f"region '{self.name}' has no box and is not a region of preset '{preset}' "
                     f"(presets: {known}); give it a box (x0, y0, x1, y1) in [0, 1] or a mask file"
                 )
-            return Region(self.name, boxes[self.name])
+            return Region(self.name, boxes[self.name], grow=self.grow)
         box = tuple(float(c) for c in self.box)
         if len(box) != 4 or not all(0.0 <= c <= 1.0 for c in box):
             raise ValueError(f"region '{self.name}': box {self.box} must be 4 numbers (x0, y0, x1, y1) in [0, 1]")
         if not (box[0] < box[2] and box[1] < box[3]):
             raise ValueError(f"region '{self.name}': box {self.box} has zero area; it needs x0 < x1 and y0 < y1")
-        return Region(self.name, box)
+        return Region(self.name, box, grow=self.grow)
 
     def to_mask(self, size: int) -> Tensor:
         """A (1, size, size) float mask of 0 and 1 at the model's output resolution."""
@@ -107,14 +113,20 @@ class Region:
             mask = (F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True) > 0.5).float()[0]
             if not mask.any():
                 raise ValueError(f"region '{self.name}': mask '{self.mask}' is empty at {size} x {size}")
-            return mask
+            return grown_mask(mask, self.grow)
         x0, y0, x1, y1 = self.box
         mask = torch.zeros(1, size, size)
         # Every pixel the box touches is inside, so a small box never vanishes at low resolution.
         rows = slice(math.floor(y0 * size), max(math.floor(y0 * size) + 1, math.ceil(y1 * size)))
         cols = slice(math.floor(x0 * size), max(math.floor(x0 * size) + 1, math.ceil(x1 * size)))
         mask[:, rows, cols] = 1.0
-        return mask
+        return grown_mask(mask, self.grow)
+
+
+def grown_mask(mask: Tensor, pixels: int) -> Tensor:
+    """A (C, H, W) mask with every pixel within `pixels` (Chebyshev distance) of it added: a (2 pixels + 1)
+    square maximum; growing by a, then by b, is growing by a + b."""
+    return F.max_pool2d(mask, 2 * pixels + 1, stride=1, padding=pixels) if pixels else mask
 
 
 def resolve_regions(regions: list[Region | str], preset: str | None) -> list[Region]:

@@ -34,6 +34,23 @@ def test_tiny_box_never_vanishes():
     assert mask[0, 4, 4] == 1
 
 
+def test_grown_box_adds_a_margin_clipped_at_the_border():
+    """grow = 1 adds one pixel on every side of the box (rows 8..15, cols 4..11 -> rows 7..15, cols 3..12: the
+    bottom edge is the image's); a preset region keeps its grow when its box is filled in."""
+    mask = Region("m", (0.25, 0.5, 0.75, 1.0), grow=1).to_mask(16)
+    assert torch.equal(mask, hand_mask(16, slice(7, 16), slice(3, 13)))
+    (mouth,) = resolve_regions([Region("mouth", grow=2)], "synth")
+    # The synth mouth box touches rows 20..25 and cols 10..21 at 32 px (72 pixels); grown by 2: 18..27, 8..23.
+    assert torch.equal(Region("mouth").resolved("synth").to_mask(32), hand_mask(32, slice(20, 26), slice(10, 22)))
+    assert torch.equal(mouth.to_mask(32), hand_mask(32, slice(18, 28), slice(8, 24)))
+
+
+@pytest.mark.parametrize("grow", [-1, 1.5, True])
+def test_bad_grow_raises(grow):
+    with pytest.raises(ValueError, match=re.escape(f"region 'mouth': grow={grow!r} must be an integer number of pixels >= 0")):
+        resolve_regions([Region("mouth", grow=grow, auto=True)], None)
+
+
 def test_region_masks_stacks_in_order():
     """region_masks stacks one mask per region, in the given order."""
     regions = [Region("a", (0.0, 0.0, 0.5, 0.5)), Region("b", (0.5, 0.5, 1.0, 1.0))]

@@ -17,6 +17,7 @@ from lit_hspace.segment import (
     jacobian_features,
     kmeans,
     label_masks,
+    masks_of_parts,
     name_parts,
     pixel_features,
     segment_features,
@@ -151,6 +152,18 @@ def test_grown_parts_take_in_every_pixel_within_the_margin(tiny_model):
                     expected[y, x] = float(bool((torch.maximum((ys - y).abs(), (xs - x).abs()) <= g).any()))
             assert torch.equal(after.mask[0], expected)
             assert after.mask.sum() > before.mask.sum() or before.mask.sum() == 256
+
+
+def test_a_region_grows_its_own_part_on_top_of_the_segmentation_grow(tiny_model):
+    """A region's grow applies to its part alone and adds to segmentation.grow: parts grown by 1, the region by
+    1 more, give the part grown by 2 (checked pixel by pixel above); the other region keeps its part."""
+    ddim, latent = DDIM(tiny_model, 50), tiny_latent(tiny_model)
+    once = auto_regions(ddim, latent, None, Segmentation(parts=5, connected=False, grow=1))
+    twice = {p.name: p.mask for p in auto_regions(ddim, latent, None, Segmentation(parts=5, connected=False, grow=2))}
+    masks = masks_of_parts([Region("part1", auto=True, grow=1), Region("part3", auto=True)], once, 16)
+    parts = {p.name: p.mask for p in once}
+    assert torch.equal(masks[0], twice["part1"]) and not torch.equal(masks[0], parts["part1"])
+    assert torch.equal(masks[1], parts["part3"])
 
 
 def test_features_are_read_at_the_segmentation_timestep(tiny_model):

@@ -26,7 +26,7 @@ from torchvision.transforms.functional import gaussian_blur
 from lit_hspace.ddim import DDIM, Latent
 from lit_hspace.hspace import Encoded, HSpaceUNet
 from lit_hspace.jacobian import JacobianOperator, subspace_iteration
-from lit_hspace.regions import PRESETS, Region
+from lit_hspace.regions import PRESETS, Region, grown_mask
 
 Signal = Literal["jacobian", "decoder", "both"]
 SIGNALS: tuple[str, ...] = ("jacobian", "decoder", "both")
@@ -59,7 +59,8 @@ class Segmentation:
             margin around the region as a box does (grown parts may overlap); 0 keeps the parts as found. JIVE's
             directions depend on the size of each region's mask: on the built-in model its mouth directions
             moved the other factors 1.34x as much as on the box with the automatic mouth, 0.96x with it grown
-            by 1 pixel; grown, its eye directions changed the eyes less (0.86x; docs/segmentation.md).
+            by 1 pixel; grown, its eye directions changed the eyes less (0.86x; docs/segmentation.md). A region's own
+            `grow` grows its part alone, on top of this.
         k, iterations: the Jacobian signal projects on the top-k right singular vectors after this many subspace
             iterations (the features need their span, not converged vectors).
         seed: k-means++ and subspace-iteration seed.
@@ -334,8 +335,7 @@ def auto_regions(
 def grown(part: AutoRegion, pixels: int) -> AutoRegion:
     """The part with every pixel within `pixels` of it (a (2 pixels + 1) square maximum) added; its share stays
     the one it was named by."""
-    size = 2 * pixels + 1
-    return replace(part, mask=F.max_pool2d(part.mask[None], size, stride=1, padding=pixels)[0])
+    return replace(part, mask=grown_mask(part.mask, pixels))
 
 
 def cluster_grid(settings: Segmentation, height: int, width: int) -> tuple[int, int]:
@@ -415,10 +415,10 @@ def image_masks(
 
 
 def masks_of_parts(regions: list[Region], parts: list[AutoRegion], size: int, image: str = "this image") -> Tensor:
-    """(N, 1, size, size) masks of resolved `regions`: an automatic one is the part of its name, the others
-    their box or file."""
+    """(N, 1, size, size) masks of resolved `regions`: an automatic one is the part of its name (grown by the
+    region's own `grow`), the others their box or file."""
     found = {p.name: p.mask for p in parts}
     missing = [r.name for r in regions if r.auto and r.name not in found]
     if missing:
         raise ValueError(f"no automatic part of {image} is named {', '.join(missing)}; its parts are {', '.join(found)}")
-    return torch.stack([found[r.name].cpu() if r.auto else r.to_mask(size) for r in regions])
+    return torch.stack([grown_mask(found[r.name].cpu(), r.grow) if r.auto else r.to_mask(size) for r in regions])
