@@ -66,8 +66,7 @@ class Region:
         """This region with its box filled in from `preset`, validated."""
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"a region needs a non-empty name, got {self.name!r}")
-        if isinstance(self.grow, bool) or not isinstance(self.grow, int) or self.grow < 0:
-            raise ValueError(f"region '{self.name}': grow={self.grow!r} must be an integer number of pixels >= 0")
+        check_grow(f"region '{self.name}': grow", self.grow)
         if self.auto:
             if self.box is not None or self.mask is not None:
                 given = f"box {self.box}" if self.box is not None else f"mask '{self.mask}'"
@@ -121,6 +120,12 @@ class Region:
         cols = slice(math.floor(x0 * size), max(math.floor(x0 * size) + 1, math.ceil(x1 * size)))
         mask[:, rows, cols] = 1.0
         return grown_mask(mask, self.grow)
+
+
+def check_grow(label: str, pixels: object) -> None:
+    """A margin in pixels is an integer >= 0 (a bool is not one); the error names it by `label`."""
+    if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 0:
+        raise ValueError(f"{label}={pixels!r} must be an integer number of pixels >= 0")
 
 
 def grown_mask(mask: Tensor, pixels: int) -> Tensor:

@@ -26,7 +26,7 @@ from torchvision.transforms.functional import gaussian_blur
 from lit_hspace.ddim import DDIM, Latent
 from lit_hspace.hspace import Encoded, HSpaceUNet
 from lit_hspace.jacobian import JacobianOperator, subspace_iteration
-from lit_hspace.regions import PRESETS, Region, grown_mask
+from lit_hspace.regions import PRESETS, Region, check_grow, grown_mask
 
 Signal = Literal["jacobian", "decoder", "both"]
 SIGNALS: tuple[str, ...] = ("jacobian", "decoder", "both")
@@ -95,8 +95,7 @@ class Segmentation:
             raise ValueError(f"segmentation.min_share={self.min_share} must lie in (0, 1]")
         if self.cluster_side < 2:
             raise ValueError(f"segmentation.cluster_side={self.cluster_side}: the grid needs at least 2 pixels a side")
-        if isinstance(self.grow, bool) or not isinstance(self.grow, int) or self.grow < 0:
-            raise ValueError(f"segmentation.grow={self.grow!r} must be an integer number of pixels >= 0")
+        check_grow("segmentation.grow", self.grow)
         if self.k < 1 or self.iterations < 1:
             raise ValueError(f"segmentation.k={self.k} and iterations={self.iterations} must be >= 1")
 
@@ -329,7 +328,7 @@ def auto_regions(
         masks = connected_pieces(masks)
     masks = F.interpolate(masks, size=(height, width), mode="nearest")  # a partition stays one
     parts = name_parts(masks, preset, settings.min_share)
-    return [grown(p, settings.grow) for p in parts] if settings.grow else parts
+    return [grown(p, settings.grow) for p in parts]
 
 
 def grown(part: AutoRegion, pixels: int) -> AutoRegion:
