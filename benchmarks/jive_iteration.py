@@ -10,6 +10,11 @@ principal angle (radians) between each region's first 3 individual directions an
 regions.
 
     python benchmarks/jive_iteration.py --num-images 4 --cache /tmp/jacobians
+
+--rank-grid instead times the accelerated default alone at every setting of sweeps/ranks.yaml (r_C 10-40, r_A 1-5):
+steps, seconds, and how many of the steps were accelerated iterates that went uphill and were dropped.
+
+    python benchmarks/jive_iteration.py --num-images 2 --rank-grid --cache /tmp/jacobians
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from explicit import explicit_jacobian
 from locality import FIRST_FACE
 
 K, RANK_JOINT, RANK_INDIVIDUAL, SCORED = 30, 30, 5, 3  # configs/synth/jive_face.yaml; its edits take 3 per region
+RANK_GRID = [(joint, individual) for joint in (10, 20, 30, 40) for individual in (1, 3, 5)]  # sweeps/ranks.yaml
 
 
 def blocks_of(matrix: torch.Tensor, masks: torch.Tensor) -> list[torch.Tensor]:
@@ -55,6 +61,7 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=4)
     parser.add_argument("--regions", nargs="+", default=["eyes", "mouth", "nose", "brows"])
     parser.add_argument("--cache", type=Path, default=None, help="folder keeping each face's explicit Jacobian")
+    parser.add_argument("--rank-grid", action="store_true", help="time the default at every (r_C, r_A) of sweeps/ranks.yaml")
     args = parser.parse_args()
     model = HSpaceUNet.from_pretrained("synth-faces")
     ddim = DDIM(model, 50)
@@ -66,10 +73,15 @@ def main() -> None:
     runs = {"plain, 500 steps (earlier default)": dict(tol=0.0, max_iter=500, memory=0),
             "plain, 2000 steps": dict(tol=0.0, max_iter=2000, memory=0),
             "accelerated (default)": {}}
-    print(f"`python benchmarks/jive_iteration.py --num-images {args.num_images} --regions {' '.join(args.regions)}` "
-          f"on {platform.machine()} ({torch.get_num_threads()} threads), torch {torch.__version__}\n")
-    print("| face | iteration | steps | seconds | last step moved, of the norm of X | largest angle to the reference, rad |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"`python benchmarks/jive_iteration.py --num-images {args.num_images} --regions {' '.join(args.regions)}"
+          f"{' --rank-grid' if args.rank_grid else ''}` on {platform.machine()} ({torch.get_num_threads()} threads), "
+          f"torch {torch.__version__}\n")
+    if args.rank_grid:
+        print("| face | r_C | r_A | steps | of them dropped (uphill) | seconds | ms per step | converged |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    else:
+        print("| face | iteration | steps | seconds | last step moved, of the norm of X | largest angle to the reference, rad |")
+        print("| --- | --- | --- | --- | --- | --- |")
     for i in range(args.num_images):
         image, _ = synth_face(FIRST_FACE + i, size)
         latent = ddim.invert(image[None], stop=t)
@@ -77,6 +89,14 @@ def main() -> None:
             encoded = model.encode(latent.x, t)
         matrix = explicit_jacobian(JacobianOperator.of_decoder(model, encoded), args.cache / f"face{i}_t{t}.pt" if args.cache else None)
         blocks = blocks_of(matrix, masks)
+        if args.rank_grid:
+            for joint, individual in RANK_GRID:
+                start = time.perf_counter()
+                result = jive(blocks, joint, individual)
+                seconds = time.perf_counter() - start
+                print(f"| {i} | {joint} | {individual} | {result.iterations} | {result.dropped} | {seconds:.2f} | "
+                      f"{1e3 * seconds / result.iterations:.1f} | {'yes' if result.converged else 'no'} |", flush=True)
+            continue
         start = time.perf_counter()
         reference = jive(blocks, RANK_JOINT, RANK_INDIVIDUAL, tol=0.0, max_iter=20_000, memory=0)
         print(f"| {i} | plain, 20000 steps (reference) | 20000 | {time.perf_counter() - start:.1f} | {reference.residual:.1g} | 0 |", flush=True)

@@ -21,7 +21,8 @@ class JIVEResult:
     joint_values: Tensor  # (r_C,)
     individual: list[Tensor]  # per block: (r_A, n) orthonormal, orthogonal to `joint`
     individual_values: list[Tensor]  # per block: (r_A,)
-    iterations: int
+    iterations: int  # steps F taken, counting the dropped ones
+    dropped: int  # accelerated iterates whose step went uphill, each followed by a restart
     residual: float  # ||F(A) - A|| / ||X|| of the last alternating step F: how far from its fixed point
     converged: bool  # residual <= tol
 
@@ -109,11 +110,12 @@ def jive(
     x = stacked @ basis
     scale = x.norm()
     indiv = torch.zeros_like(x)
-    iterates, residuals, last, accelerated = [], [], None, False
+    iterates, residuals, last, accelerated, dropped = [], [], None, False, 0
     for iteration in range(1, max_iter + 1):
         step = _alternate(x, sizes, indiv, rank_joint, rank_individual)
         if accelerated and step.rss > last.rss:  # the accelerated iterate went uphill: restart from the last step
             iterates, residuals, indiv, accelerated = [], [], last.indiv, False
+            dropped += 1
             continue
         last = step
         moved = (step.indiv - indiv).flatten()
@@ -142,6 +144,7 @@ def jive(
         individual=[out(v @ basis.T) for v in last.indiv_vectors],
         individual_values=[out(v) for v in last.indiv_values],
         iterations=iteration,
+        dropped=dropped,
         residual=residual,
         converged=converged,
     )

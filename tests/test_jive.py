@@ -156,6 +156,10 @@ def test_slowly_converging_blocks_reach_the_plain_iterations_fixed_point():
     assert max(principal_angle_sine(a.T, b.T) for a, b in zip(res.individual, individual)) < 1e-4
     _, early = plain_jive(blocks, 8, 2, 500)
     assert max(principal_angle_sine(a.T, b.T) for a, b in zip(early, individual)) > 0.05
+    # Plain steps never go uphill (each is a least-squares fit), so none is dropped; accelerated ones may be.
+    with pytest.warns(UserWarning, match="jive_max_iter=50"):
+        assert jive(blocks, 8, 2, max_iter=50, memory=0, tol=0.0).dropped == 0
+    assert res.dropped < res.iterations
 
 
 def test_scaled_blocks_weigh_equally_whatever_their_size():
