@@ -310,7 +310,7 @@ def compare_auto_regions(args: argparse.Namespace) -> None:
                + (f" --jive-regions {' '.join(args.jive_regions)}" if "jive" in args.methods else "")
                + (" --jive-scale-blocks" if args.jive_scale_blocks else "") + (f" --grow {args.grow}" if args.grow else "")
                + (f" --region-grow {' '.join(args.region_grow)}" if args.region_grow else ""))
-    growth = ([f"every part grown by {args.grow} pixel(s)"] if args.grow else []) + [f"{n} grown by {g} pixel(s)" for n, g in region_grow.items()]
+    growth = ([f"every region grown apart by {args.grow} pixel(s)"] if args.grow else []) + [f"{n} grown by {g} pixel(s)" for n, g in region_grow.items()]
     images = f"faces {seeds[0]} .. {seeds[-1]}" if args.source == "faces" else f"seeds {seeds[0]} .. {seeds[-1]}"
     report = "\n\n".join([
         f"# Directions on automatic regions against the preset boxes: {', '.join(args.region)}",

@@ -23,7 +23,7 @@ from lit_hspace.hspace import HSpaceUNet
 from lit_hspace.jacobian import JacobianOperator
 from lit_hspace.methods import RBE
 from lit_hspace.regions import PRESETS, Region
-from lit_hspace.segment import Segmentation, auto_regions, iou
+from lit_hspace.segment import Segmentation, auto_regions, iou, masks_of_parts
 from lit_hspace.segment.truth import REGION_NAMES, changeable_pixels, dataset_factors, locally_changed_pixels
 from lit_hspace.synth.faces import synth_face
 
@@ -39,7 +39,7 @@ VARIANTS: dict[str, Segmentation] = {
     "smoothing 0.7": Segmentation(smoothing=0.7),
     "decoder at 0.6T": Segmentation(timestep=0.6),
     "jacobian signal, at 0.6T": Segmentation(signal="jacobian", timestep=0.6),
-    "every part grown by 1 pixel": Segmentation(grow=1),
+    "the five regions grown apart by 1 pixel": Segmentation(grow=1),
     "earlier default (all blocks, all features, 24 parts, smoothing 0.7, whole parts)": Segmentation(
         blocks=(), components=0, parts=24, smoothing=0.7, connected=False),
 }
@@ -69,7 +69,10 @@ def main() -> None:
             scores[local][name].append(iou(locally_changed_pixels(dataset_factors(i), name, 32, 0.1), truth[name]))
         for variant in args.variants:
             start = time.perf_counter()
-            parts = {p.name: p.mask for p in auto_regions(ddim, latent, "synth", VARIANTS[variant])}
+            settings = VARIANTS[variant]
+            found = auto_regions(ddim, latent, "synth", settings)
+            named = [Region(name, auto=True) for name in REGION_NAMES if any(p.name == name for p in found)]
+            parts = dict(zip((r.name for r in named), masks_of_parts(named, found, 32, grow=settings.grow)))  # as a run grows them
             seconds[variant].append(time.perf_counter() - start)
             for name in REGION_NAMES:
                 scores[variant][name].append(iou(parts[name], truth[name]) if name in parts else 0.0)

@@ -55,15 +55,16 @@ class DiscoveryKey:
     method: str
     method_params: str  # canonical JSON
     regions: str  # canonical JSON
+    masks: str  # a digest of the region masks' values: how a rule made them (automatic parts, a margin) counts
     seed: int
     image: str  # the image's id (a file's stem, or seed<n>)
     content: str = ""  # input images: a digest of the pixels, so two files with one name never share a set
 
     @classmethod
     def of(cls, model: HSpaceUNet, t: int, num_steps: int, latent: str, method: str, method_params: dict,
-           regions: list[dict], seed: int, image: str, content: str = "") -> DiscoveryKey:
+           regions: list[dict], masks: str, seed: int, image: str, content: str = "") -> DiscoveryKey:
         return cls(model.fingerprint, tuple(model.h_shape), t, num_steps, latent, method, canonical(method_params),
-                   canonical(regions), seed, image, content)
+                   canonical(regions), masks, seed, image, content)
 
     def to_meta(self) -> dict[str, Any]:
         """As the set's metadata shows it (parameters and regions readable, not as JSON text)."""

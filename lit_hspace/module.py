@@ -162,25 +162,26 @@ class HSpaceEditor(L.LightningModule):
         """(N, 1, H, W) region masks of one image, and its automatic parts where some region is automatic."""
         if not self.automatic:
             return self.fixed_masks, None
+        # The parts as found, before any grow: one entry serves every margin.
         key = {"model": self.hspace.fingerprint, "x_t": tensor_digest(latent.x), "noise": tensor_digest(latent.noise),
                "t": latent.t, "clip": latent.clip, "num_steps": self.ddim.num_steps, "preset": self.region_preset,
-               "segmentation": asdict(self.segmentation), "dtype": str(latent.x.dtype), "device": latent.x.device.type}
+               "segmentation": asdict(replace(self.segmentation, grow=0)), "dtype": str(latent.x.dtype), "device": latent.x.device.type}
         compute = partial(auto_regions, self.ddim, latent, self.region_preset, self.segmentation, self.discovery.chunk_size)
         parts = self.cache.parts(key, compute, latent.x.device)
-        masks = masks_of_parts(self.regions, parts, self.hspace.output_shape[-1], image_id).to(latent.x)
+        masks = masks_of_parts(self.regions, parts, self.hspace.output_shape[-1], image_id, self.segmentation.grow).to(latent.x)
         self.method.check(self.regions, masks, math.prod(self.hspace.h_shape))
-        return masks, parts
+        used = {r.name: mask for r, mask in zip(self.regions, masks) if r.auto}  # with their margins, as discovery saw them
+        return masks, [replace(p, mask=used[p.name].to(p.mask)) if p.name in used else p for p in parts]
 
-    def key(self, image_id: str, image: Tensor | None) -> DiscoveryKey:
-        """What decides the direction set of this image (None: a seed's sample)."""
+    def key(self, image_id: str, image: Tensor | None, masks: Tensor) -> DiscoveryKey:
+        """What decides the direction set of this image (None: a seed's sample) on its region `masks`."""
         latent, content = (canonical_latent(self.diffusion), pixel_digest(image)) if image is not None else ("seed", "")
-        regions = self.region_entries()
         return DiscoveryKey.of(self.hspace, self.t, self.ddim.num_steps, latent, self.method.name, self.method.params(),
-                               regions, self.discovery.seed, image_id, content)
+                               self.region_entries(), tensor_digest(masks.float()), self.discovery.seed, image_id, content)
 
     def pooled_key(self, items: list[ImageItem]) -> DiscoveryKey:
         """The key of one set for all these images: named after the first, with a digest of every image's key."""
-        keys = [self.key(item.id, item.image) for item in items]
+        keys = [self.key(item.id, item.image, self.fixed_masks) for item in items]
         content = hashlib.sha256(canonical([[k.image, k.content] for k in keys]).encode()).hexdigest()[:16]
         return replace(keys[0], image=f"{items[0].id}+{len(items) - 1}", content=content)
 
@@ -236,7 +237,7 @@ class HSpaceEditor(L.LightningModule):
         for item in items:
             latent = self.latent(item)
             masks, parts = self.image_masks(latent, item.id)
-            dset = self.discover([latent], self.key(item.id, item.image), masks)
+            dset = self.discover([latent], self.key(item.id, item.image, masks), masks)
             shown = None if parts is None else item.image if item.image is not None else self.ddim.sample(latent)[0]
             found.append(Discovered(dset, parts, shown))
         return found
@@ -274,10 +275,10 @@ class HSpaceEditor(L.LightningModule):
                     for i, latent in enumerate(latents)]
         found = []
         for item in items:
-            key = self.key(item.id, item.image)
-            stored = self.store.find(key, self.earlier_runs)
             latent = self.latent(item)
             masks, parts = self.image_masks(latent, item.id)
+            key = self.key(item.id, item.image, masks)
+            stored = self.store.find(key, self.earlier_runs)
             new_set = None if stored is not None else self.discover([latent], key, masks)
             found.append(ImageDirections(stored or new_set, latent, new_set, masks, parts))
         return found

@@ -12,7 +12,7 @@ from diffusers import DDPMScheduler
 from conftest import tiny_unet, write_config, write_sweep
 from lit_hspace import sweep
 from lit_hspace.cli import main as cli
-from lit_hspace.cache import DiscoveryCache
+from lit_hspace.cache import DiscoveryCache, tensor_digest
 from lit_hspace.ddim import Inversion
 from lit_hspace.directions import DirectionSet, DiscoveryKey
 from lit_hspace.discovery import discover
@@ -20,7 +20,7 @@ from lit_hspace.hspace import HSpaceUNet
 from lit_hspace.jacobian import principal_angle_sine
 from lit_hspace.methods import JIVE, RBE, Haas, Rayleigh
 from lit_hspace.module import HSpaceEditor, ImageItem
-from lit_hspace.regions import Region, region_masks
+from lit_hspace.regions import Region, grown_mask, region_masks
 from lit_hspace.settings import DiffusionSettings, DiscoverySettings
 
 MOUTH, EYES = Region("mouth", box=(0.25, 0.6, 0.75, 0.85)), Region("eyes", box=(0.2, 0.25, 0.8, 0.45))
@@ -32,8 +32,9 @@ def x_t(seed: int = 0) -> torch.Tensor:
 
 def run(model, method, regions=(MOUTH,), cache=None, t=600, seed=0, latent=None):
     regions = list(regions)
-    key = DiscoveryKey.of(model, t, 50, "seed", method.name, method.params(), [r.name for r in regions], seed, "img0")
-    return discover(model, method, regions, region_masks(regions, 16), x_t() if latent is None else latent, key, cache=cache)
+    masks = region_masks(regions, 16)
+    key = DiscoveryKey.of(model, t, 50, "seed", method.name, method.params(), [r.name for r in regions], tensor_digest(masks), seed, "img0")
+    return discover(model, method, regions, masks, x_t() if latent is None else latent, key, cache=cache)
 
 
 def solves(dset: DirectionSet) -> tuple[int, int]:
@@ -141,6 +142,15 @@ def test_automatic_parts_hit_for_the_same_latent_and_settings_and_miss_for_other
     assert again.cache.counts.hits == hits + 2 and again.cache.counts.computed == 0  # the latent and the parts
     assert torch.equal(masks_again, masks) and all(p.mask.dtype == q.mask.dtype for p, q in zip(parts_again, parts))
     assert [(p.name, p.share) for p in parts_again] == [(p.name, p.share) for p in parts]
+
+    grown = editor(Segmentation(parts=4, grow=1))  # parts are stored before any margin: one entry serves every grow
+    hits = grown.cache.counts.hits
+    masks_grown, parts_grown = grown.image_masks(grown.latent(item), item.id)
+    assert grown.cache.counts.hits == hits + 2 and grown.cache.counts.computed == 0
+    assert torch.equal(masks_grown[0], grown_mask(masks[0], 1))  # one region: nothing to grow apart from
+    # The parts a run writes are the ones discovery saw: its region with its margin, the others as found.
+    assert parts_grown[0].name == "part0" and torch.equal(parts_grown[0].mask, masks_grown[0]) and not torch.equal(parts_grown[0].mask, parts[0].mask)
+    assert all(torch.equal(p.mask, q.mask) for p, q in zip(parts_grown[1:], parts[1:]))
 
     other = editor(Segmentation(parts=5, connected=False))  # another setting: computed, never the stored parts
     _, parts_other = other.image_masks(other.latent(item), item.id)

@@ -226,7 +226,7 @@ def test_out_of_memory_names_what_to_lower(tiny_model_dir, monkeypatch):
 
     monkeypatch.setattr(JacobianOperator, "_linearised", too_big)
     module = HSpaceEditor(model=str(tiny_model_dir))
-    key = module.key("img", None)
+    key = module.key("img", None, module.fixed_masks)
     with pytest.raises(MemoryError, match=r"do not fit in memory on cpu: even one direction per product does not fit"):
         discover(module.hspace, module.method, module.regions, module.fixed_masks, torch.zeros(1, 3, 16, 16), key, chunk_size=48)
 

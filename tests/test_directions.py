@@ -17,11 +17,11 @@ from lit_hspace.store import DirectionStore
 
 def make_key(model, **overrides) -> DiscoveryKey:
     settings = dict(t=500, num_steps=50, latent="seed", method="jive", method_params={"rank_joint": 2, "rank_individual": 1},
-                    regions=[{"name": "eyes"}, {"name": "mouth"}], seed=0, image="img0")
+                    regions=[{"name": "eyes"}, {"name": "mouth"}], masks="masks0", seed=0, image="img0")
     return DiscoveryKey.of(model, **(settings | overrides))
 
 
-KEY_SETTINGS = ("t", "num_steps", "latent", "method", "method_params", "regions", "seed", "image", "content")
+KEY_SETTINGS = ("t", "num_steps", "latent", "method", "method_params", "regions", "masks", "seed", "image", "content")
 
 
 def make_meta(model, **overrides):
@@ -135,11 +135,11 @@ def test_store_finds_the_set_with_an_equal_key(tiny_model, two_runs, seed):
     "change",
     [dict(seed=2), dict(image="img1"), dict(method="haas"), dict(t=499), dict(num_steps=20), dict(latent="fixed_point"),
      dict(regions=[{"name": "eyes"}, {"name": "nose"}]), dict(regions=[{"name": "mouth", "box": [0, 0, 1, 0.5]}]),
-     dict(method_params={"rank_joint": 2, "rank_individual": 2}), dict(content="0123456789abcdef")],
+     dict(method_params={"rank_joint": 2, "rank_individual": 2}), dict(content="0123456789abcdef"), dict(masks="masks1")],
 )
 def test_store_misses_when_any_key_field_differs(tiny_model, two_runs, change):
-    """Another seed, image, method, timestep, schedule, inversion, region (its name or its mask), parameter or
-    pixels under the same image name: no hit."""
+    """Another seed, image, method, timestep, schedule, inversion, region (its name or its mask), parameter,
+    pixels under the same image name or mask values (the same region settings, masks made another way): no hit."""
     assert DirectionStore(None, tiny_model).find(make_key(tiny_model, **change), two_runs) is None
 
 

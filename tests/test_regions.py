@@ -45,6 +45,19 @@ def test_grown_box_adds_a_margin_clipped_at_the_border():
     assert torch.equal(mouth.to_mask(32), hand_mask(32, slice(18, 28), slice(8, 24)))
 
 
+def test_adjacent_boxes_grow_apart():
+    """Two boxes meeting along a row, each grown by 1 among a run's regions: neither takes the other's pixels nor
+    the pixels both reach; each takes the rest of its margin. Top rows 0..3, bottom rows 4..7, cols 2..5 at 8 px."""
+    top, bottom = Region("top", (0.25, 0.0, 0.75, 0.5), grow=1), Region("bottom", (0.25, 0.5, 0.75, 1.0), grow=1)
+    masks = region_masks([top, bottom], 8)
+    # Grown alone, top takes rows 0..4 and cols 1..6: row 4 is bottom's, and bottom reaches row 3 too, so of its
+    # margin top keeps cols 1 and 6 of rows 0..2 (bottom alike: rows 5..7).
+    expected_top = hand_mask(8, slice(0, 4), slice(2, 6)) + hand_mask(8, slice(0, 3), [1, 6])
+    expected_bottom = hand_mask(8, slice(4, 8), slice(2, 6)) + hand_mask(8, slice(5, 8), [1, 6])
+    assert torch.equal(masks, torch.stack([expected_top, expected_bottom]))
+    assert torch.equal(top.to_mask(8), hand_mask(8, slice(0, 5), slice(1, 7)))  # alone, it grows as before
+
+
 @pytest.mark.parametrize("grow", [-1, 1.5, True])
 def test_bad_grow_raises(grow):
     with pytest.raises(ValueError, match=re.escape(f"region 'mouth': grow={grow!r} must be an integer number of pixels >= 0")):

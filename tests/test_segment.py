@@ -12,6 +12,7 @@ from lit_hspace.segment import (
     auto_regions,
     check_auto_names,
     connected_pieces,
+    grown,
     principal_components,
     image_masks,
     jacobian_features,
@@ -136,34 +137,49 @@ def test_auto_regions_on_a_model_are_binary_masks_covering_the_image(tiny_model)
                 assert p.share == pytest.approx((p.mask * box).sum().item() / p.mask.sum().item()) and p.share >= 0.5
 
 
-def test_grown_parts_take_in_every_pixel_within_the_margin(tiny_model):
-    """With grow = g each part is the ungrown part plus every pixel within g (Chebyshev distance) of it, counted
-    here pixel by pixel; names and shares are those of the ungrown parts."""
+def within(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """(H, W): the pixels within `pixels` (Chebyshev distance) of a (1, H, W) mask, counted pixel by pixel."""
+    ys, xs = mask[0].nonzero(as_tuple=True)
+    height, width = mask.shape[-2:]
+    near = torch.zeros(height, width)
+    for y in range(height):
+        for x in range(width):
+            near[y, x] = float(bool((torch.maximum((ys - y).abs(), (xs - x).abs()) <= pixels).any()))
+    return near
+
+
+def test_the_cli_grows_every_part_alone_by_the_margin(tiny_model):
+    """auto_regions gives the parts as found whatever segmentation.grow says; `grown` (what lit_hspace.segment
+    writes) adds every pixel within g of the part, counted pixel by pixel, keeping names and shares."""
     ddim, latent = DDIM(tiny_model, 50), tiny_latent(tiny_model)
     plain = auto_regions(ddim, latent, "celebahq", Segmentation(parts=5, connected=False))
     for g in (1, 2):
-        grown = auto_regions(ddim, latent, "celebahq", Segmentation(parts=5, connected=False, grow=g))
-        assert [(p.name, p.share) for p in grown] == [(p.name, p.share) for p in plain]
-        for before, after in zip(plain, grown):
-            ys, xs = before.mask[0].nonzero(as_tuple=True)
-            expected = torch.zeros(16, 16)
-            for y in range(16):
-                for x in range(16):
-                    expected[y, x] = float(bool((torch.maximum((ys - y).abs(), (xs - x).abs()) <= g).any()))
-            assert torch.equal(after.mask[0], expected)
+        found = auto_regions(ddim, latent, "celebahq", Segmentation(parts=5, connected=False, grow=g))
+        assert all(torch.equal(a.mask, b.mask) and (a.name, a.share) == (b.name, b.share) for a, b in zip(found, plain))
+        for before in plain:
+            after = grown(before, g)
+            assert (after.name, after.share) == (before.name, before.share)
+            assert torch.equal(after.mask[0], within(before.mask, g))
             assert after.mask.sum() > before.mask.sum() or before.mask.sum() == 256
 
 
-def test_a_region_grows_its_own_part_on_top_of_the_segmentation_grow(tiny_model):
-    """A region's grow applies to its part alone and adds to segmentation.grow: parts grown by 1, the region by
-    1 more, give the part grown by 2 (checked pixel by pixel above); the other region keeps its part."""
+def test_a_runs_regions_grow_apart_each_by_its_own_margin(tiny_model):
+    """A run's regions grow by segmentation.grow (automatic ones) plus their own grow, each only into pixels that
+    no other region holds or reaches: computed here pixel by pixel from the parts. Adjacent parts of the partition
+    stay disjoint, and a region with no neighbour within reach grows as it would alone."""
     ddim, latent = DDIM(tiny_model, 50), tiny_latent(tiny_model)
-    once = auto_regions(ddim, latent, None, Segmentation(parts=5, connected=False, grow=1))
-    twice = {p.name: p.mask for p in auto_regions(ddim, latent, None, Segmentation(parts=5, connected=False, grow=2))}
-    masks = masks_of_parts([Region("part1", auto=True, grow=1), Region("part3", auto=True)], once, 16)
-    parts = {p.name: p.mask for p in once}
-    assert torch.equal(masks[0], twice["part1"]) and not torch.equal(masks[0], parts["part1"])
-    assert torch.equal(masks[1], parts["part3"])
+    parts = {p.name: p.mask for p in auto_regions(ddim, latent, None, Segmentation(parts=5, connected=False))}
+    regions = [Region("part1", auto=True, grow=1), Region("part3", auto=True), Region("part0", auto=True)]
+    masks = masks_of_parts(regions, list(auto_regions(ddim, latent, None, Segmentation(parts=5, connected=False))), 16, grow=1)
+    margins = [2, 1, 1]
+    reach = [within(parts[r.name], g) for r, g in zip(regions, margins)]
+    for i, region in enumerate(regions):
+        others = torch.stack([reach[j] for j in range(len(regions)) if j != i]).amax(0)
+        expected = torch.maximum(parts[region.name][0], reach[i] * (1 - others))
+        assert torch.equal(masks[i, 0], expected)
+    assert (torch.stack(reach).sum(0) > 1).any()  # grown alone, they would overlap
+    assert masks.sum(0).max() == 1  # the parts are disjoint, and so are the grown masks
+    assert all(masks[i].sum() > parts[r.name].sum() for i, r in enumerate(regions))
 
 
 def test_features_are_read_at_the_segmentation_timestep(tiny_model):

@@ -26,7 +26,7 @@ from torchvision.transforms.functional import gaussian_blur
 from lit_hspace.ddim import DDIM, Latent
 from lit_hspace.hspace import Encoded, HSpaceUNet
 from lit_hspace.jacobian import JacobianOperator, subspace_iteration
-from lit_hspace.regions import PRESETS, Region, check_grow, grown_mask
+from lit_hspace.regions import PRESETS, Region, check_grow, grown_apart, grown_mask
 
 Signal = Literal["jacobian", "decoder", "both"]
 SIGNALS: tuple[str, ...] = ("jacobian", "decoder", "both")
@@ -55,12 +55,12 @@ class Segmentation:
         cluster_side: parts are found on a grid of at most this many pixels a side (features area-averaged onto
             it) and upsampled to the image: at 256 px a 64 x 64 grid makes k-means 16 times cheaper in time and
             memory; images this size or smaller are clustered pixel by pixel.
-        grow: every part is grown by this many pixels (a square maximum) after naming, so that it takes in a
-            margin around the region as a box does (grown parts may overlap); 0 keeps the parts as found. JIVE's
-            directions depend on the size of each region's mask: on the built-in model its mouth directions
-            moved the other factors 1.34x as much as on the box with the automatic mouth, 0.96x with it grown
-            by 1 pixel; grown, its eye directions changed the eyes less (0.86x; docs/segmentation.md). A region's own
-            `grow` grows its part alone, on top of this.
+        grow: a run's automatic regions are grown by this many pixels (a square maximum), each only into
+            pixels no other region of the run holds or grows into (`grown_apart`), so that they take in a margin
+            around the part as a box does and stay disjoint as boxes are; 0 keeps the parts as found.
+            lit_hspace.segment writes every part grown alone (grown parts may then overlap). JIVE's directions
+            depend on the size of each region's mask (docs/segmentation.md). A region's own `grow` adds to this
+            for its part alone.
         k, iterations: the Jacobian signal projects on the top-k right singular vectors after this many subspace
             iterations (the features need their span, not converged vectors).
         seed: k-means++ and subspace-iteration seed.
@@ -315,7 +315,8 @@ def segment_features(
 def auto_regions(
     ddim: DDIM, latent: Latent, preset: str | None = None, settings: Segmentation = Segmentation(), chunk_size: int | None = None
 ) -> list[AutoRegion]:
-    """The automatic parts of the image whose latent (one image) is `latent`, named by `preset`."""
+    """The automatic parts of the image whose latent (one image) is `latent`, named by `preset`, as found
+    (`settings.grow` applies to the masks made of them: `masks_of_parts`)."""
     model = ddim.model
     if latent.x.shape != (1, *model.image_shape):
         raise ValueError(f"x_t has shape {tuple(latent.x.shape)}; this model needs (1, {', '.join(map(str, model.image_shape))})")
@@ -327,8 +328,7 @@ def auto_regions(
     if settings.connected:
         masks = connected_pieces(masks)
     masks = F.interpolate(masks, size=(height, width), mode="nearest")  # a partition stays one
-    parts = name_parts(masks, preset, settings.min_share)
-    return [grown(p, settings.grow) for p in parts]
+    return name_parts(masks, preset, settings.min_share)
 
 
 def grown(part: AutoRegion, pixels: int) -> AutoRegion:
@@ -410,14 +410,16 @@ def image_masks(
     check_auto_names(regions, preset, settings)
     size = ddim.model.output_shape[-1]
     parts = auto_regions(ddim, latent, preset, settings, chunk_size) if any(r.auto for r in regions) else []
-    return masks_of_parts(regions, parts, size).to(latent.x)
+    return masks_of_parts(regions, parts, size, grow=settings.grow).to(latent.x)
 
 
-def masks_of_parts(regions: list[Region], parts: list[AutoRegion], size: int, image: str = "this image") -> Tensor:
-    """(N, 1, size, size) masks of resolved `regions`: an automatic one is the part of its name (grown by the
-    region's own `grow`), the others their box or file."""
+def masks_of_parts(regions: list[Region], parts: list[AutoRegion], size: int, image: str = "this image", grow: int = 0) -> Tensor:
+    """(N, 1, size, size) masks of resolved `regions`: an automatic one is the part of its name, the others their
+    box or file; each grown apart from the others (`grown_apart`) by its own `grow`, plus `grow` (the
+    segmentation's) for an automatic one."""
     found = {p.name: p.mask for p in parts}
     missing = [r.name for r in regions if r.auto and r.name not in found]
     if missing:
         raise ValueError(f"no automatic part of {image} is named {', '.join(missing)}; its parts are {', '.join(found)}")
-    return torch.stack([grown_mask(found[r.name].cpu(), r.grow) if r.auto else r.to_mask(size) for r in regions])
+    masks = torch.stack([found[r.name].cpu() if r.auto else replace(r, grow=0).to_mask(size) for r in regions])
+    return grown_apart(masks, [r.grow + (grow if r.auto else 0) for r in regions])

@@ -11,7 +11,7 @@ import torch
 from lit_hspace.data import ImageFiles, image_size, list_images
 from lit_hspace.ddim import DDIM, Latent
 from lit_hspace.hspace import HSpaceUNet
-from lit_hspace.segment import SIGNALS, Segmentation, auto_regions, check_preset, check_segmentation
+from lit_hspace.segment import SIGNALS, Segmentation, auto_regions, check_preset, check_segmentation, grown
 from lit_hspace.segment.files import write_parts
 
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
                 raise ValueError(f"image '{path}' is {width} x {height}, the model's size is {side} x {side}: resize it or pass --resize")
     written = []
     for image_id, image, latent in latents(model, ddim, t, files, args.seeds or []):
-        parts = auto_regions(ddim, latent, args.preset, settings)
+        parts = [grown(p, settings.grow) for p in auto_regions(ddim, latent, args.preset, settings)]
         written.append(write_parts(args.out / image_id, image, parts))
         print(f"{image_id}: " + ", ".join(p.name for p in parts))
     return written
