@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -97,7 +97,12 @@ class Region:
         return Region(self.name, box, grow=self.grow)
 
     def to_mask(self, size: int) -> Tensor:
-        """A (1, size, size) float mask of 0 and 1 at the model's output resolution."""
+        """A (1, size, size) float mask of 0 and 1 at the model's output resolution, grown by `grow` (alone: a run's
+        regions grow apart from each other, `region_masks`)."""
+        return grown_mask(self.ungrown_mask(size), self.grow)
+
+    def ungrown_mask(self, size: int) -> Tensor:
+        """The box's or file's (1, size, size) mask of 0 and 1, without the `grow` margin."""
         if self.auto:
             raise ValueError(
                 f"region '{self.name}' is automatic: its mask differs per image; compute it with "
@@ -113,14 +118,14 @@ class Region:
             mask = (F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True) > 0.5).float()[0]
             if not mask.any():
                 raise ValueError(f"region '{self.name}': mask '{self.mask}' is empty at {size} x {size}")
-            return grown_mask(mask, self.grow)
+            return mask
         x0, y0, x1, y1 = self.box
         mask = torch.zeros(1, size, size)
         # Every pixel the box touches is inside, so a small box never vanishes at low resolution.
         rows = slice(math.floor(y0 * size), max(math.floor(y0 * size) + 1, math.ceil(y1 * size)))
         cols = slice(math.floor(x0 * size), max(math.floor(x0 * size) + 1, math.ceil(x1 * size)))
         mask[:, rows, cols] = 1.0
-        return grown_mask(mask, self.grow)
+        return mask
 
 
 def check_grow(label: str, pixels: object) -> None:
@@ -155,7 +160,7 @@ def resolve_regions(regions: list[Region | str], preset: str | None) -> list[Reg
 
 def region_masks(regions: list[Region], size: int) -> Tensor:
     """(N, 1, size, size) masks, one per region, each grown by its own `grow` apart from the others."""
-    return grown_apart(torch.stack([replace(r, grow=0).to_mask(size) for r in regions]), [r.grow for r in regions])
+    return grown_apart(torch.stack([r.ungrown_mask(size) for r in regions]), [r.grow for r in regions])
 
 
 def group_mask(label: str, region_names: list[str], masks: Tensor) -> Tensor:

@@ -421,5 +421,5 @@ def masks_of_parts(regions: list[Region], parts: list[AutoRegion], size: int, im
     missing = [r.name for r in regions if r.auto and r.name not in found]
     if missing:
         raise ValueError(f"no automatic part of {image} is named {', '.join(missing)}; its parts are {', '.join(found)}")
-    masks = torch.stack([found[r.name].cpu() if r.auto else replace(r, grow=0).to_mask(size) for r in regions])
+    masks = torch.stack([found[r.name].cpu() if r.auto else r.ungrown_mask(size) for r in regions])
     return grown_apart(masks, [r.grow + (grow if r.auto else 0) for r in regions])
