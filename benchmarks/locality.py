@@ -28,14 +28,16 @@ import statistics
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.stats import bootstrap
-from torchvision.transforms.functional import pil_to_tensor
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
 from lit_hspace.cli import main as cli
+from lit_hspace.segment.truth import changeable_pixels, dataset_factors
 from lit_hspace.synth.faces import FACTORS, render, sample_factors
 from lit_hspace.synth.probe import FactorProbe
 
@@ -54,16 +56,14 @@ def data_source(source: str, seeds: list[int], batch_size: int = 1) -> str:
 
 
 def run(command: str, method: str, seeds: list[int], strengths: list[float], save_dir: Path, *extra: str, source: str = "seeds",
-        batch_size: int = 1, region: str = "mouth", joint: list[str] | None = None, auto: bool = False,
-        grow: dict[str, int] | None = None) -> Path:
+        batch_size: int = 1, region: str = "mouth", joint: list[str] | None = None,
+        entry: Callable[[str], str | dict] = str) -> Path:
     """One CLI run of the method's config on seeds or on dataset faces (numbered like seeds); returns its run directory.
-    joint: JIVE's regions (default: its config's); auto: every region of the run is automatic (found per image,
-    named after the synth preset's boxes), each grown by the pixels `grow` gives its name."""
+    joint: JIVE's regions (default: its config's); entry: a region's config entry from its name (default: the name
+    alone, the synth preset's box)."""
     name = f"{method}_{command}_{len(list(save_dir.glob('*')))}"
     # JIVE finds every region's directions together; its config edits those of one region.
-    regions = (joint or []) if method == "jive" else [region]
-    if auto:
-        regions = [{"name": r, "auto": True} | ({"grow": grow[r]} if r in (grow or {}) else {}) for r in regions]
+    regions = [entry(r) for r in ((joint or []) if method == "jive" else [region])]
     cli([
         command, "--config", str(CONFIGS / f"{method}_mouth.yaml"),
         data_source(source, seeds, batch_size),
@@ -268,39 +268,48 @@ def paired_ratio(box: dict[str, float], auto: dict[str, float]) -> tuple[float, 
 
 
 def compare_auto_regions(args: argparse.Namespace) -> None:
-    """Each method on the same images twice, on the preset box and on the automatic region of that name: how
-    much its directions move the region's factors (target) and the others (off-target). The ratios come with a
-    95% interval from a paired bootstrap over images, since the faces differ far more than the two runs. With
-    several --region, the runs share one discovery cache: JIVE finds every region's directions at once, so the
-    later regions only edit."""
+    """Each method on the same images twice, on the preset box and on the automatic region of that name (with
+    --truth-regions, a third time on the ground-truth region): how much its directions move the region's factors
+    (target) and the others (off-target). The ratios to the box come with a 95% interval from a paired bootstrap over
+    images, since the faces differ far more than the runs. With several --region, the runs share one discovery
+    cache: JIVE finds every region's directions at once, so the later regions only edit."""
     seeds = list(range(args.first_image, args.first_image + args.num_images))
     ratios = {"target factor change": "factor_target", "off-target change": "factor_off_target"}
     region_grow = dict(parse_grow(g) for g in args.region_grow)
+    grown = (f"--model.init_args.segmentation.grow={args.grow}",) if args.grow else ()
     sections = []
     with tempfile.TemporaryDirectory() as tmp:
+        # Each variant: a region's config entry from its name, and the settings its runs add.
+        variants: dict[str, tuple[Callable[[str], str | dict], tuple[str, ...]]] = {
+            "preset box": (str, ()),
+            "automatic": (lambda r: {"name": r, "auto": True} | ({"grow": region_grow[r]} if r in region_grow else {}), grown),
+        }
+        if args.truth_regions:
+            truth = write_truth_masks(seeds, sorted({*args.region, *args.jive_regions}), Path(tmp) / "truth")
+            variants["ground truth"] = (lambda r: {"name": r, "mask": str(truth[r])}, ())
         for region in args.region:
             table, off_target = {}, {}
             others = [f.name for f in FACTORS if f.region != region]
             for method in args.methods:
                 rows = {}
                 scaled = ("--model.init_args.method.init_args.scale_blocks=true",) if method == "jive" and args.jive_scale_blocks else ()
-                for auto in (False, True):
+                for variant, (entry, settings) in variants.items():
                     start = time.perf_counter()
-                    grown = (f"--model.init_args.segmentation.grow={args.grow}",) if auto and args.grow else ()
-                    rows[auto] = moved_rows(run("test", method, seeds, args.strengths, Path(tmp), *scaled, *grown, source=args.source,
-                                                region=region, joint=args.jive_regions, auto=auto, grow=region_grow))
-                    scores = locality(rows[auto])
-                    table[f"{method}, {'automatic' if auto else 'preset box'}"] = {
+                    rows[variant] = moved_rows(run("test", method, seeds, args.strengths, Path(tmp), *scaled, *settings, source=args.source,
+                                                   region=region, joint=args.jive_regions, entry=entry))
+                    scores = locality(rows[variant])
+                    table[f"{method}, {variant}"] = {
                         key: scores[key] for key in ("edits", *ratios, "MSE inside", "MSE outside")
                     } | {"wall time, s": time.perf_counter() - start}
-                cells = {}
-                for key, column in ratios.items():
-                    value, low, high = paired_ratio(per_image(rows[False], column), per_image(rows[True], column))
-                    cells[key] = f"{value:.2f} ({low:.2f} - {high:.2f})"
-                table[f"{method}, automatic / box (95% interval)"] = {key: cells.get(key, "") for key in table[f"{method}, preset box"]}
+                for variant in list(variants)[1:]:
+                    cells = {}
+                    for key, column in ratios.items():
+                        value, low, high = paired_ratio(per_image(rows["preset box"], column), per_image(rows[variant], column))
+                        cells[key] = f"{value:.2f} ({low:.2f} - {high:.2f})"
+                    table[f"{method}, {variant} / box (95% interval)"] = {key: cells.get(key, "") for key in table[f"{method}, preset box"]}
                 for name in others:  # which factors the off-target change is made of
-                    box, auto = (mean(abs(float(r[f"d_{name}"])) for r in rows[a]) for a in (False, True))
-                    off_target[f"{method}: {name}"] = {"preset box": box, "automatic": auto, "automatic / box": auto / box}
+                    change = {variant: mean(abs(float(r[f"d_{name}"])) for r in rows[variant]) for variant in variants}
+                    off_target[f"{method}: {name}"] = change | {f"{v} / box": change[v] / change["preset box"] for v in list(variants)[1:]}
             sections += [f"## {region}", markdown(table, "method, regions"),
                          f"Mean change of each factor outside the {region} (the off-target change is their mean):",
                          markdown(off_target, "method: factor")]
@@ -309,19 +318,38 @@ def compare_auto_regions(args: argparse.Namespace) -> None:
                + f" --region {' '.join(args.region)} --strengths {' '.join(f'{s:g}' for s in args.strengths)}"
                + (f" --jive-regions {' '.join(args.jive_regions)}" if "jive" in args.methods else "")
                + (" --jive-scale-blocks" if args.jive_scale_blocks else "") + (f" --grow {args.grow}" if args.grow else "")
-               + (f" --region-grow {' '.join(args.region_grow)}" if args.region_grow else ""))
+               + (f" --region-grow {' '.join(args.region_grow)}" if args.region_grow else "")
+               + (" --truth-regions" if args.truth_regions else ""))
     growth = ([f"every region grown apart by {args.grow} pixel(s)"] if args.grow else []) + [f"{n} grown by {g} pixel(s)" for n, g in region_grow.items()]
     images = f"faces {seeds[0]} .. {seeds[-1]}" if args.source == "faces" else f"seeds {seeds[0]} .. {seeds[-1]}"
     report = "\n\n".join([
         f"# Directions on automatic regions against the preset boxes: {', '.join(args.region)}",
         f"`{command}` on {platform.machine()} ({torch.get_num_threads()} threads), torch {torch.__version__}. Each method's "
         f"configs/synth/<method>_mouth.yaml on the same images ({images}), once with its regions as the synth preset's boxes and once "
-        f"as automatic regions of the same names (lit_hspace.segment defaults{'; ' + ', '.join(growth) if growth else ''}); JIVE's regions are {', '.join(args.jive_regions)}. "
+        f"as automatic regions of the same names (lit_hspace.segment defaults{'; ' + ', '.join(growth) if growth else ''})"
+        + ("; and once as the ground-truth regions, the pixels each region's factors can change (lit_hspace.segment.truth, "
+           "the same on every dataset face), as mask files" if args.truth_regions else "")
+        + f". JIVE's regions are {', '.join(args.jive_regions)}. "
         "Target = the largest change among the region's factors, off-target = the mean change of the other factors (factor probe, a factor's range = 1). "
-        "MSE inside and outside are each measured in the run's own mask, so they do not compare across the two.",
+        "MSE inside and outside are each measured in the run's own mask, so they do not compare across the runs.",
         *sections,
     ])
     publish(report, args.out)
+
+
+def write_truth_masks(seeds: list[int], regions: list[str], folder: Path) -> dict[str, Path]:
+    """Each region's ground truth on dataset faces `seeds` as a mask file in `folder`; the truth is the same on every
+    face (the factors move parts within fixed places), which is checked, so one file serves the whole run."""
+    folder.mkdir(parents=True)
+    paths = {}
+    for region in regions:
+        masks = [changeable_pixels(dataset_factors(i), region, 32) for i in seeds]
+        if any(not torch.equal(m, masks[0]) for m in masks):
+            raise SystemExit(f"--truth-regions: the ground truth of '{region}' differs between faces {seeds[0]} .. {seeds[-1]}; "
+                             "one mask file cannot stand for it")
+        paths[region] = folder / f"{region}.png"
+        to_pil_image(masks[0]).save(paths[region])
+    return paths
 
 
 def parse_grow(text: str) -> tuple[str, int]:
@@ -357,12 +385,16 @@ def main() -> None:
                         help="--auto-regions: grow the automatic regions by this many pixels (segmentation.grow)")
     parser.add_argument("--region-grow", nargs="+", default=[], metavar="NAME=PIXELS",
                         help="--auto-regions: grow these automatic regions alone (a region's grow), e.g. mouth=1")
+    parser.add_argument("--truth-regions", action="store_true",
+                        help="--auto-regions, faces: also run on the ground-truth regions (the pixels each region's factors can change)")
     parser.add_argument("--per-group", type=int, help="transfer: edited directions per region (default: the config's, 3)")
     parser.add_argument("--timestep", type=float, help="transfer: the edit timestep as a fraction of T (default: the config's, 0.6)")
     parser.add_argument("--rotation", choices=["none", "varimax"], default="none",
                         help="transfer: rotate each method's directions (the method's `rotation`; default: none)")
     parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = parser.parse_args()
+    if args.truth_regions and not (args.auto_regions and args.source == "faces"):
+        raise SystemExit("--truth-regions needs --auto-regions and --source faces: only dataset faces have a ground truth")
     if args.auto_regions:
         return compare_auto_regions(args)
     if len(args.region) > 1:
