@@ -168,9 +168,10 @@ def test_a_runs_regions_grow_apart_each_by_its_own_margin(tiny_model):
     no other region holds or reaches: computed here pixel by pixel from the parts. Adjacent parts of the partition
     stay disjoint, and a region with no neighbour within reach grows as it would alone."""
     ddim, latent = DDIM(tiny_model, 50), tiny_latent(tiny_model)
-    parts = {p.name: p.mask for p in auto_regions(ddim, latent, None, Segmentation(parts=5, connected=False))}
+    found = auto_regions(ddim, latent, None, Segmentation(parts=5, connected=False))
+    parts = {p.name: p.mask for p in found}
     regions = [Region("part1", auto=True, grow=1), Region("part3", auto=True), Region("part0", auto=True)]
-    masks = masks_of_parts(regions, list(auto_regions(ddim, latent, None, Segmentation(parts=5, connected=False))), 16, grow=1)
+    masks = masks_of_parts(regions, found, 16, grow=1)
     margins = [2, 1, 1]
     reach = [within(parts[r.name], g) for r, g in zip(regions, margins)]
     for i, region in enumerate(regions):
