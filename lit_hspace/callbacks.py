@@ -7,19 +7,20 @@ import json
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 from torchvision.utils import save_image
 
 from lit_hspace.directions import DirectionSet
 from lit_hspace.figures import labelled_grid, outlined
-from lit_hspace.layout import RunLayout
+from lit_hspace.layout import DirectionOrigin, RunLayout, Status, append_rows, read_rows
 from lit_hspace.metrics import to_unit
 from lit_hspace.module import Discovered, ImageResult
 from lit_hspace.segment.files import write_parts
 from lit_hspace.tracking import WandbTracker, loggers_with
 
 
-def edit_rows(result: ImageResult, factor_names: list[str]) -> list[dict]:
-    """One edits.csv row per (direction, strength) of an image."""
+def edit_rows(result: ImageResult, factor_names: list[str], origin: DirectionOrigin) -> list[dict]:
+    """One edits.csv row per (direction, strength) of an image, with where its direction set came from."""
     edits, scores = result.edits, result.scores
     columns = scores.columns(factor_names)
     rows = []
@@ -27,7 +28,8 @@ def edit_rows(result: ImageResult, factor_names: list[str]) -> list[dict]:
         for col, strength in enumerate(edits.strengths):
             cells = {key: values[row, col].item() for key, values in columns.items()}
             rows.append(dict(image=edits.image_id, direction=direction.index, label=direction.label, name=direction.name,
-                             strength=strength, inside_share=scores.inside_share[row].item(), **cells, **image_columns(scores)))
+                             strength=strength, inside_share=scores.inside_share[row].item(), **cells, **image_columns(scores),
+                             directions_source=origin.source, directions_file=origin.file))
     return rows
 
 
@@ -61,6 +63,9 @@ class RunWriter(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         self.layout = RunLayout(Path(trainer.log_dir or trainer.default_root_dir))
         self.from_images = False
+        self.stage = stage
+        if trainer.is_global_zero:  # until it ends, the run is listed as running (unfinished, if it never ends)
+            self._write_manifest(pl_module, stage, {}, [], status="running")
         for logger in trainer.loggers:
             if isinstance(logger, WandbTracker) and not logger.named_by_user and trainer.is_global_zero:
                 logger.experiment.name = pl_module.run_name
@@ -79,13 +84,17 @@ class RunWriter(L.Callback):
         trainer.strategy.barrier()  # every rank's sets are written
         if trainer.is_global_zero:
             images = sorted(p.stem for p in self.layout.directions_dir.glob("*.safetensors"))
-            self._write_manifest(pl_module, "predict", {}, images)
+            origins = {image: DirectionOrigin("discovered", str(self.layout.directions(image))) for image in images}
+            self._write_manifest(pl_module, "predict", {}, images, directions=origins)
 
     def on_test_batch_end(self, trainer, pl_module, outputs: list[ImageResult], batch, batch_idx, dataloader_idx=0) -> None:
         for result in outputs:
             edits = result.edits
             if result.new_set is not None:
                 self._save_set(result.new_set)
+            origin = result.origin or DirectionOrigin("discovered", str(self.layout.directions(result.dset.meta["image"])))
+            if origin.source != "discovered":
+                rank_zero_info(f"{edits.image_id}: directions {origin.source} from {origin.file}")
             self.from_images = edits.input is not None
             self._save_images(result)
             grid = edit_grid(result)
@@ -95,7 +104,7 @@ class RunWriter(L.Callback):
             for logger in loggers_with(trainer, "log_image"):
                 logger.log_image("grids", [grid], caption=[edits.image_id])
             rows_file = self.layout.edits_csv if trainer.world_size == 1 else self.layout.rank_edits_csv(trainer.global_rank)
-            append_rows(rows_file, edit_rows(result, pl_module.metrics.factor_names))
+            append_rows(rows_file, edit_rows(result, pl_module.metrics.factor_names, origin))
 
     def _save_images(self, result: ImageResult) -> None:
         edits, layout = result.edits, self.layout
@@ -125,8 +134,9 @@ class RunWriter(L.Callback):
                 part.unlink()
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         layout.metrics_json.write_text(json.dumps(metrics, indent=2) + "\n")
-        images = sorted({row["image"] for row in read_rows(layout.edits_csv)}) if layout.edits_csv.exists() else []
-        self._write_manifest(pl_module, "test", metrics, images)
+        rows = read_rows(layout.edits_csv) if layout.edits_csv.exists() else []
+        origins = {row["image"]: DirectionOrigin(row["directions_source"], row["directions_file"]) for row in rows}
+        self._write_manifest(pl_module, "test", metrics, sorted(origins), directions=origins)
         tables = loggers_with(trainer, "log_table")
         if tables and layout.edits_csv.exists():
             with layout.edits_csv.open() as f:
@@ -134,21 +144,19 @@ class RunWriter(L.Callback):
             for logger in tables:
                 logger.log_table("edits", columns=rows[0], data=rows[1:])
 
-    def _write_manifest(self, pl_module, stage: str, metrics: dict[str, float], images: list[str]) -> None:
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """A run that stops on an error says so in its run.json, with the error (also when it stops before setup)."""
+        if not trainer.is_global_zero:
+            return
+        if not hasattr(self, "layout"):  # the logger's own directory: no collective here, other ranks may not be in this hook
+            logger = trainer.logger
+            self.layout, self.stage = RunLayout(Path(logger.log_dir if logger else trainer.default_root_dir)), trainer.state.fn.value
+            self.from_images = False
+        self._write_manifest(pl_module, self.stage, {}, [], status="failed", error=f"{type(exception).__name__}: {exception}")
+
+    def _write_manifest(self, pl_module, stage: str, metrics: dict[str, float], images: list[str], status: Status = "finished",
+                        error: str | None = None, directions: dict[str, DirectionOrigin] | None = None) -> None:
         manifest = pl_module.manifest(stage, self.from_images)
-        manifest.metrics, manifest.images = metrics, images
+        manifest.metrics, manifest.images, manifest.status, manifest.error = metrics, images, status, error
+        manifest.directions = directions or {}
         manifest.write(self.layout)
-
-
-def read_rows(path: Path) -> list[dict]:
-    with path.open() as f:
-        return list(csv.DictReader(f))
-
-
-def append_rows(path: Path, rows: list[dict]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)

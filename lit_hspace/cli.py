@@ -1,10 +1,33 @@
-"""`python -m lit_hspace {fit,predict,test} --config CONFIG.yaml`: LightningCLI over any module and data module."""
+"""`lit-hspace {predict,test,fit} --config CONFIG.yaml` (or `python -m lit_hspace ...`): LightningCLI over the
+h-space editor and any data module.
+
+`--help` leads with what the project does; `test --help` and `predict --help` with the editor's own settings,
+grouped (diffusion, edit, discovery, regions, method), before the Trainer's options.
+"""
 
 from __future__ import annotations
 
+import logging
+import sys
+import warnings
+
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
 
 from lit_hspace.tracking import SaveAndLogConfig
+
+PROGRAM = "lit-hspace"
+ABOUT = (
+    "lit_hspace: unsupervised local semantic directions in the h-space (the UNet bottleneck) of pretrained\n"
+    "diffusion models: Haas et al., JIVE, RBE and Rayleigh side by side. `predict` discovers direction sets,\n"
+    "`test` edits images along them and writes grids and metrics, `fit` trains the built-in synthetic-faces model.\n"
+    "Example: lit-hspace test --config configs/synth/rbe_mouth.yaml --model.init_args.edit.strengths '[-20, 0, 20]'"
+)
+SUBCOMMANDS = {
+    "predict": "Discover direction sets for every image and store them in the run directory (no edits).",
+    "test": "Discover (or reuse) direction sets, edit every image along them, write grids, edits.csv and metrics.",
+    "fit": "Train a model (configs/synth/train*.yaml: the built-in synthetic-faces DDPM).",
+}
 
 # Each run gets its own versioned directory (configs name a CSVLogger: runs/<experiment>/version_<n>/), so none
 # is overwritten. No default logger here: jsonargparse would carry its arguments over to the loggers a config lists.
@@ -14,7 +37,56 @@ TRAINER_DEFAULTS = {
 }
 
 
+class HelpFormatter(DefaultHelpFormatter):
+    """Descriptions keep their line breaks (the editor's settings are a formatted listing)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+class QuietLightning(logging.Filter):
+    """Drops Lightning's advertising tips and its seed notice; everything else passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (message.startswith("💡 Tip") or message.startswith("Seed set to"))
+
+
+def quiet_lightning() -> None:
+    # Lightning's own use of a torch API that torch deprecated: nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning.fabric.utilities.seed"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, QuietLightning) for f in logger.filters):
+            logger.addFilter(QuietLightning())
+
+
+def editor_settings() -> str:
+    """The editor's settings as `--help` lists them, grouped by concern (built only when help is asked for)."""
+    from jsonargparse import ArgumentParser
+
+    from lit_hspace.module import HSpaceEditor
+
+    parser = ArgumentParser(prog=PROGRAM, usage="", add_help=False, formatter_class=DefaultHelpFormatter)
+    parser.add_class_arguments(HSpaceEditor, "model.init_args", sub_configs=True)
+    listing = parser.format_help().split("\n", 2)[-1]  # without the empty usage line
+    return (
+        "The editor's settings (model: lit_hspace.module.HSpaceEditor in the configs); a method's own settings: "
+        "--model.init_args.method.help RBE (or Haas, JIVE, Rayleigh):\n" + listing
+    )
+
+
 class HSpaceCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name in SUBCOMMANDS}
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if add_subcommands:  # the subcommand list says what each does here, not Lightning's generic words
+            for action in self.parser._subcommands_action._choices_actions:
+                action.help = SUBCOMMANDS.get(action.dest, action.help)
+
     def add_arguments_to_parser(self, parser) -> None:
         # Images are resized to the model's size: the data module learns it from the model.
         parser.link_arguments(
@@ -35,11 +107,27 @@ class HSpaceCLI(LightningCLI):
             raise reason from None
 
 
+def parser_kwargs(args: list[str]) -> dict:
+    """The main parser's and each subcommand's name, description and usage; the editor's settings where help is asked."""
+    asks_help = any(a in ("-h", "--help") for a in args)
+    found: dict = {"prog": PROGRAM, "description": ABOUT, "formatter_class": HelpFormatter}
+    for name, what in SUBCOMMANDS.items():
+        description = what
+        if asks_help and name in args and name != "fit":
+            description += "\n\n" + editor_settings() + "\nThe Trainer's and the data module's options follow."
+        found[name] = {"description": description, "usage": f"{PROGRAM} {name} --config CONFIG.yaml [--KEY VALUE ...]",
+                       "formatter_class": HelpFormatter}
+    return found
+
+
 def main(args: list[str] | None = None) -> HSpaceCLI:
+    quiet_lightning()
     return HSpaceCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
         trainer_defaults=TRAINER_DEFAULTS,
         save_config_callback=SaveAndLogConfig,
+        seed_everything_default=0,
+        parser_kwargs=parser_kwargs(sys.argv[1:] if args is None else args),
         args=args,
     )

@@ -12,22 +12,23 @@ from lit_hspace.ddim import DDIM, Edit, Inversion, Latent
 from lit_hspace.directions import DirectionSet
 from lit_hspace.hspace import HSpaceUNet
 from lit_hspace.metrics import to_unit
-from lit_hspace.report import Run, image_figure
+from lit_hspace.figures import image_figure
+from lit_hspace.layout import RunLayout, RunManifest
 
 
-def compose(run: Run, strengths: list[float], num_directions: int) -> tuple[dict[tuple[float, int], np.ndarray], list[str]]:
+def compose(layout: RunLayout, manifest: RunManifest, strengths: list[float], num_directions: int) -> tuple[dict[tuple[float, int], np.ndarray], list[str]]:
     """(a, j) -> the run's first image edited with a times the sum of the first directions of its first j groups
     (regions; named directions where it has names): one direction from each region, summed cumulatively (JIVE
     appendix Fig. 4). Also the captions of the directions added. Images (H, W, 3) in [0, 1]."""
-    image = run.manifest.images[0]
-    dset = DirectionSet.load(run.layout.directions(image)) if run.layout.directions(image).is_file() else DirectionSet.load(run.manifest.given_directions)
-    model = HSpaceUNet.from_pretrained(run.model)
+    image = manifest.images[0]
+    dset = DirectionSet.load(manifest.origin(image, layout).file)  # discovered, reused or given
+    model = HSpaceUNet.from_pretrained(manifest.model)
     dset.check_fits(model)
-    ddim = DDIM(model, run.manifest.num_steps)
-    t = run.manifest.t
-    latent_settings = run.manifest.latent
+    ddim = DDIM(model, manifest.num_steps)
+    t = manifest.t
+    latent_settings = manifest.latent
     if latent_settings["source"] == "images":  # the input again, inverted as the run did
-        pixels = torch.from_numpy(np.asarray(Image.open(run.layout.input_image(image)).convert("RGB"), dtype=np.float32) / 127.5 - 1)
+        pixels = torch.from_numpy(np.asarray(Image.open(layout.input_image(image)).convert("RGB"), dtype=np.float32) / 127.5 - 1)
         inversion = Inversion(**{k: latent_settings[k] for k in ("method", "iterations", "tol", "seed")})
         latent = ddim.invert(pixels.permute(2, 0, 1)[None], stop=t, inversion=inversion)
     else:
@@ -40,13 +41,13 @@ def compose(run: Run, strengths: list[float], num_directions: int) -> tuple[dict
     for a in strengths:
         for j in range(1, len(picks) + 1):
             delta = a * dset.directions[picks[:j]].sum(0, keepdim=True)
-            edited = ddim.sample(latent, edit=Edit(delta, t, run.manifest.edit["injection"]))
+            edited = ddim.sample(latent, edit=Edit(delta, t, manifest.edit["injection"]))
             cells[(a, j)] = to_unit(edited)[0].permute(1, 2, 0).numpy()
     return cells, captions
 
 
-def composition_grid(run: Run, strengths: list[float], num_directions: int, path: Path) -> Path:
-    cells, captions = compose(run, strengths, num_directions)
+def composition_grid(layout: RunLayout, manifest: RunManifest, strengths: list[float], num_directions: int, path: Path) -> Path:
+    cells, captions = compose(layout, manifest, strengths, num_directions)
     images = {key: Image.fromarray((value * 255).round().astype(np.uint8)) for key, value in cells.items()}
     columns = [f"+ {c}" for c in captions]
     grid = {(a, columns[j - 1]): image for (a, j), image in images.items()}

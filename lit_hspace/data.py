@@ -97,7 +97,9 @@ class HSpaceData(L.LightningDataModule):
     ):
         super().__init__()
         if (images is None) == (seeds is None):
-            raise ValueError("give either images (files or folders) or seeds, not both and not neither")
+            raise ValueError("give either images (files or folders) or seeds, not both and not neither (got images="
+                             f"{images}, seeds={seeds}); on the command line `--data.init_args.seeds null` drops a config's seeds, "
+                             "`--data.init_args.images null` its images")
         self.files = list_images(images) if images is not None else None
         self.seeds = list(range(seeds)) if isinstance(seeds, int) else seeds
         if num_images is not None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from lit_hspace.ddim import DDIM, Edit, Latent
 from lit_hspace.directions import DirectionSet
@@ -52,8 +53,9 @@ class ImageEdits:
 class Editor:
     """Picks directions of a set and samples the image's latent with h + a v for each direction v and strength a."""
 
-    def __init__(self, ddim: DDIM, regions: list[Region], settings: EditSettings):
+    def __init__(self, ddim: DDIM, regions: list[Region], settings: EditSettings, progress: bool = False):
         self.ddim, self.settings = ddim, settings
+        self.progress = progress  # a bar over each image's edits (a run turns it on where the trainer shows progress)
         self.region_names = [r.name for r in regions]
         if settings.regions is not None and not set(settings.regions) <= set(self.region_names):
             unknown = sorted(set(settings.regions) - set(self.region_names))
@@ -84,8 +86,12 @@ class Editor:
         moved = (strengths != 0).repeat(len(picked))
         out = reconstruction.expand(len(deltas), -1, -1, -1).clone()
         todo = moved.nonzero().flatten()
-        for batch in todo.split(self.settings.batch_size):
-            edit = Edit(deltas[batch], latent.t, self.settings.injection)
-            out[batch] = self.ddim.sample(latent.expand(len(batch)), edit=edit)
+        # A grid of strength 0 alone is the reconstruction alone: nothing to sample (split would give one empty batch).
+        batches = todo.split(self.settings.batch_size) if len(todo) else ()
+        with tqdm(total=len(todo), desc=f"{image_id}: edits", unit="edit", leave=False, disable=not self.progress or not len(todo)) as bar:
+            for batch in batches:
+                edit = Edit(deltas[batch], latent.t, self.settings.injection)
+                out[batch] = self.ddim.sample(latent.expand(len(batch)), edit=edit)
+                bar.update(len(batch))
         edits = out.unflatten(0, (len(picked), len(strengths)))
         return ImageEdits(image_id, input, reconstruction, picked, self.settings.strengths, edits)

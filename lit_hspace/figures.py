@@ -4,6 +4,8 @@ column labelled, regions outlined. Used for each run's grids and for the report'
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,3 +124,13 @@ def parts_figure(image: Tensor, names: list[str], masks: Tensor) -> Image.Image:
     axes[1].set_title(title + (f"; {left_out} labels left out to avoid overlap" if left_out else ""), fontsize=11)
     canvas.draw()
     return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+
+
+def image_figure(cells: dict[tuple[Any, Any], Image.Image], rows: list, cols: list, row_label: str, col_label: str, path: Path) -> Path:
+    """A labelled grid of edited images (nearest-neighbour upscaled): rows and columns named by their value."""
+    def tensor(image: Image.Image) -> Tensor:
+        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+
+    grid = [[tensor(cells[(r, c)]) if (r, c) in cells else None for c in cols] for r in rows]
+    labelled_grid(grid, [f"{col_label} {c}" for c in cols], [f"{row_label} {r}".strip() for r in rows]).save(path)
+    return path

@@ -17,13 +17,19 @@ This module is the only place that knows these names.
 
 from __future__ import annotations
 
+import csv
 import json
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 MANIFEST = "run.json"
+
+
+def factor_column(name: str) -> str:
+    """The edits.csv column of a factor's signed change."""
+    return f"d_{name}"
 
 
 @dataclass(frozen=True)
@@ -80,16 +86,29 @@ class RunLayout:
         return self.root.parent.parent / "cache"
 
     def siblings(self) -> list[RunLayout]:
-        """Other runs of the same experiment (runs/<experiment>/*), newest first."""
-        others = [d for d in self.root.parent.glob("*") if d.is_dir() and d != self.root]
+        """Other runs of the same experiment (runs/<experiment>/*, those with a run.json), newest first."""
+        others = [d for d in self.root.parent.glob("*") if (d / MANIFEST).is_file() and d != self.root]
         return [RunLayout(d) for d in sorted(others, key=lambda d: d.stat().st_mtime, reverse=True)]
 
     @staticmethod
-    def finished_under(path: str | Path) -> list[RunLayout]:
-        """Finished runs (with a manifest and edits.csv) at `path` or below it."""
+    def under(path: str | Path) -> list[RunLayout]:
+        """Runs (directories with a manifest) at `path` or below it, in path order."""
         path = Path(path)
         found = [path] if (path / MANIFEST).is_file() else sorted(p.parent for p in path.glob(f"**/{MANIFEST}"))
-        return [RunLayout(p) for p in found if (p / "edits.csv").is_file()]
+        return [RunLayout(p) for p in found]
+
+
+Status = Literal["running", "finished", "failed"]
+Source = Literal["discovered", "reused", "given"]
+
+
+@dataclass(frozen=True)
+class DirectionOrigin:
+    """Where an image's direction set came from: discovered by this run (stored in its directions/), reused from
+    an earlier run of the experiment that stored a set for an equal discovery key, or given (`discovery.directions`)."""
+
+    source: Source
+    file: str  # the set's file
 
 
 @dataclass
@@ -111,6 +130,20 @@ class RunManifest:
     metrics: dict[str, float] = field(default_factory=dict)
     images: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+    status: Status = "finished"
+    error: str | None = None  # a failed run's exception, as `Type: message`
+    directions: dict[str, DirectionOrigin] = field(default_factory=dict)  # image id -> where its set came from
+
+    def __post_init__(self) -> None:
+        self.directions = {image: DirectionOrigin(**o) if isinstance(o, dict) else o for image, o in self.directions.items()}
+
+    def origin(self, image: str, layout: RunLayout) -> DirectionOrigin:
+        """Where `image`'s set came from; runs written before origins were recorded held their own sets, or the given one."""
+        if image in self.directions:
+            return self.directions[image]
+        if layout.directions(image).is_file():
+            return DirectionOrigin("discovered", str(layout.directions(image)))
+        return DirectionOrigin("given", str(self.given_directions))
 
     def write(self, layout: RunLayout) -> Path:
         self.versions = self.versions or package_versions()
@@ -135,3 +168,18 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return found
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of an edits.csv."""
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)

@@ -20,6 +20,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from lit_hspace.editing import ImageEdits
+from lit_hspace.layout import factor_column
 
 Part = Literal["whole", "inside", "outside"]
 METRICS = ("mse", "lpips", "id", "fid", "factors")
@@ -34,11 +35,6 @@ def masked_mse(edited: Tensor, reference: Tensor, mask: Tensor, part: Part) -> T
     """Per-image MSE over the whole image, inside the mask or outside it. mask: (B or 1, 1, H, W) of 0/1."""
     weight = {"whole": torch.ones_like(mask), "inside": mask, "outside": 1 - mask}[part].expand_as(edited)
     return ((edited - reference).square() * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp(min=1)
-
-
-def factor_column(name: str) -> str:
-    """The edits.csv column of a factor's signed change."""
-    return f"d_{name}"
 
 
 @dataclass
@@ -198,6 +194,17 @@ def hub_checkpoint(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
+def require_extra(module: str, metric: str):
+    """Import a package of the `metrics` extra, or say which extra brings it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"the {metric} metric needs the package '{module.split('.')[0]}' ({err}): install the "
+                          "evaluation extra, `pip install 'lit_hspace[metrics]'` (or `pip install -e '.[metrics]'` in a checkout)") from None
+
+
 def require_file(path: Path, metric: str, how: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"the {metric} metric needs '{path}', which is missing. {how}")
@@ -215,7 +222,7 @@ class LPIPS(nn.Module):
 
     def __init__(self, pretrained_backbone: bool = True):
         super().__init__()
-        import lpips
+        lpips = require_extra("lpips", "lpips")
         from torchvision.models import AlexNet_Weights
 
         if pretrained_backbone:
@@ -238,7 +245,7 @@ class IdentitySimilarity(nn.Module):
 
     def __init__(self, model_file: str | Path = ARCFACE):
         super().__init__()
-        from insightface.model_zoo import get_model
+        get_model = require_extra("insightface.model_zoo", "id").get_model
         from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 
         how = (
@@ -261,7 +268,7 @@ class IdentitySimilarity(nn.Module):
 
 def inception_fid(**kwargs) -> FrechetInceptionDistance:
     """torchmetrics' FID on Inception-v3 pool features, images in [0, 1], weights from the torch-fidelity cache."""
-    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+    URL_INCEPTION_V3 = require_extra("torch_fidelity.feature_extractor_inceptionv3", "fid").URL_INCEPTION_V3
 
     path = require_file(hub_checkpoint(URL_INCEPTION_V3), "fid", _hub_how(URL_INCEPTION_V3))
     return FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(path), **kwargs)

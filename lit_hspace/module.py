@@ -23,7 +23,7 @@ from lit_hspace.directions import DirectionSet, DiscoveryKey, canonical, pixel_d
 from lit_hspace.discovery import check_grad_mode, discover
 from lit_hspace.editing import Editor, ImageEdits
 from lit_hspace.hspace import HSpaceUNet
-from lit_hspace.layout import RunLayout, RunManifest
+from lit_hspace.layout import DirectionOrigin, RunLayout, RunManifest
 from lit_hspace.methods import RBE, DiscoveryMethod
 from lit_hspace.metrics import EditMetrics, EditScores
 from lit_hspace.regions import Region, region_masks, resolve_regions
@@ -60,6 +60,7 @@ class ImageDirections:
     new_set: DirectionSet | None  # discovered in this run (to be stored, once), else None
     masks: Tensor  # (N, 1, H, W): the image's region masks
     parts: list[AutoRegion] | None  # the image's automatic parts, where some region is automatic
+    origin: DirectionOrigin | None  # where a set not discovered here came from; None: discovered in this run
 
 
 @dataclass
@@ -78,6 +79,8 @@ class ImageResult:
 
     edits: ImageEdits
     scores: EditScores
+    dset: DirectionSet  # the set the image was edited with
+    origin: DirectionOrigin | None  # where it came from; None: discovered in this run
     new_set: DirectionSet | None  # discovered in this run (to be stored), else None
     parts: list[AutoRegion] | None = None  # the image's automatic parts, drawn beside its grid
 
@@ -211,6 +214,7 @@ class HSpaceEditor(L.LightningModule):
 
     def on_test_start(self) -> None:
         check_grad_mode()
+        self.editor.progress = self.trainer.progress_bar_callback is not None
         if self.metrics.fid is not None:
             loaders = self.trainer.test_dataloaders
             count = sum(len(d.dataset) for d in (loaders if isinstance(loaders, (list, tuple)) else [loaders]))
@@ -247,12 +251,13 @@ class HSpaceEditor(L.LightningModule):
         items = batch_items(batch)
         for item, found in zip(items, self.direction_sets(items)):
             edits = self.editor.edit(item.id, found.latent, found.dset, item.image, found.masks)
-            results.append(ImageResult(edits, self.metrics(edits, item.factors), found.new_set, found.parts))
+            results.append(ImageResult(edits, self.metrics(edits, item.factors), found.dset, found.origin, found.new_set, found.parts))
         if self.metrics.factors is not None:
             # A pooled set is named from all the images it was found on; an image's own set from that image.
             for group in [results] if self.discovery.pool else [[r] for r in results]:
                 self.named_after_factors(group)
-        self.log_dict(self.metrics.means, on_step=False, on_epoch=True, batch_size=1)
+        if any(a != 0 for a in self.editor.settings.strengths):  # strength 0 alone: a reconstruction run, no edit to average
+            self.log_dict(self.metrics.means, on_step=False, on_epoch=True, batch_size=1)
         if self.metrics.fid is not None:
             self.log("test/fid", self.metrics.fid, on_step=False, on_epoch=True, batch_size=1)
         if "image" in batch:
@@ -271,7 +276,8 @@ class HSpaceEditor(L.LightningModule):
             key, latents = self.pooled_key(items), [self.latent(item) for item in items]
             stored = self.store.find(key, self.earlier_runs)
             new_set = None if stored is not None else self.discover(latents, key, self.fixed_masks)
-            return [ImageDirections(stored or new_set, latent, new_set if i == 0 else None, self.fixed_masks, None)
+            dset, origin = (stored.dset, stored.origin) if stored is not None else (new_set, None)
+            return [ImageDirections(dset, latent, new_set if i == 0 else None, self.fixed_masks, None, origin)
                     for i, latent in enumerate(latents)]
         found = []
         for item in items:
@@ -280,7 +286,8 @@ class HSpaceEditor(L.LightningModule):
             key = self.key(item.id, item.image, masks)
             stored = self.store.find(key, self.earlier_runs)
             new_set = None if stored is not None else self.discover([latent], key, masks)
-            found.append(ImageDirections(stored or new_set, latent, new_set, masks, parts))
+            dset, origin = (stored.dset, stored.origin) if stored is not None else (new_set, None)
+            found.append(ImageDirections(dset, latent, new_set, masks, parts, origin))
         return found
 
     def named_after_factors(self, results: list[ImageResult]) -> None:

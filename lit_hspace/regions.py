@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
+from torchvision.transforms.v2.functional import center_crop, resize
 
 Box = tuple[float, float, float, float]  # (x0, y0, x1, y1), 0 = left/top, 1 = right/bottom
 
@@ -115,7 +117,11 @@ class Region:
                 raise ValueError(f"region '{self.name}': '{self.mask}' is not an image ({err})") from None
             pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).float()
             pixels = pixels.reshape(1, 1, image.height, image.width) / 255
-            mask = (F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True) > 0.5).float()[0]
+            if image.size != (size, size):  # the images' rule (lit_hspace.data): shorter side to size, then the centre
+                warnings.warn(f"region '{self.name}': mask '{self.mask}' is {image.width} x {image.height}, not the model's "
+                              f"{size} x {size}: it is centre-cropped to a square and resized, as images are", stacklevel=2)
+                pixels = center_crop(resize(pixels, [size], antialias=True), [size, size])
+            mask = (pixels > 0.5).float()[0]
             if not mask.any():
                 raise ValueError(f"region '{self.name}': mask '{self.mask}' is empty at {size} x {size}")
             return mask

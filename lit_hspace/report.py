@@ -6,6 +6,12 @@ MSE-inside/outside-against-strength curves (RBE Fig. 7) always; the rank grid (r
 appendix Fig. 1) when ranks vary; the timestep row when timesteps vary; the strength row when more than one
 strength was applied; with --composition, the composition grid (JIVE appendix Fig. 4). All land in DIR as
 PNGs and one static index.html.
+
+Only runs that can be compared share a figure: runs of different models are refused, and runs on other
+regions, masks, images or latents are reported in sections of their own, each headed by what sets it
+apart. Within a section each run is labelled by the settings in which it differs from the others (method,
+its parameters, timestep, steps, edit settings; strengths are the figures' axis). Failed and unfinished
+runs are listed as such.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import argparse
 import csv
 import html
 import json
+import os
 import shutil
 import statistics
 from collections import defaultdict
@@ -28,10 +35,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from lit_hspace.callbacks import read_rows  # noqa: E402
-from lit_hspace.figures import labelled_grid  # noqa: E402
-from lit_hspace.layout import RunLayout, RunManifest  # noqa: E402
-from lit_hspace.metrics import factor_column  # noqa: E402
+from lit_hspace.figures import image_figure  # noqa: E402
+from lit_hspace.layout import RunLayout, RunManifest, factor_column, read_rows  # noqa: E402
 
 # Method-table columns: metrics.json key -> heading; a column shows where some run has the metric.
 TABLE = {
@@ -75,31 +80,107 @@ class Run:
         strengths = sorted({float(r["strength"]) for r in self.rows if r["image"] == first["image"]})
         a = max(strengths) if strength is None else strength
         path = self.layout.edit_image(first["image"], int(first["direction"]), first["label"], a)
-        return Image.open(path).convert("RGB"), f"{first['label']} {first['direction']}, a={a:+g}"
+        name = f" {first['name']}" if first.get("name") else ""
+        return Image.open(path).convert("RGB"), f"d{first['direction']} {first['label']}{name}, a={a:+g}"
 
 
-def load_runs(paths: list[str | Path]) -> list[Run]:
-    layouts = []
+# What must be equal for runs to share a figure: the edited images and where they start, and the regions.
+COMPARED = {"regions": "regions", "images": "images", "latent": "latent"}
+
+
+def settings(manifest: RunManifest) -> dict[str, str]:
+    """The settings a run's label can be made of, flattened to strings (strengths left out: they are the axis)."""
+    found = {f"{k}": json.dumps(v) for k, v in sorted(manifest.method_params.items())}
+    found |= {"t": f"{manifest.timestep:g}", "steps": str(manifest.num_steps)}
+    found |= {k: json.dumps(v) for k, v in sorted(manifest.edit.items()) if k != "strengths"}
+    found["directions"] = json.dumps(sorted({o.source for o in manifest.directions.values()}))
+    return found
+
+
+def label_runs(runs: list[Run]) -> None:
+    """Each run's label: its method, then every setting that differs among the runs (a method's parameters among
+    that method's runs), e.g. `rbe n_outside=30 t=0.4`."""
+    for run in runs:
+        peers = [r for r in runs if r.method == run.method]
+        mine = settings(run.manifest)
+        varying = [k for k in mine if len({settings(r.manifest).get(k) for r in peers}) > 1
+                   or (k in ("t", "steps") and len({settings(r.manifest)[k] for r in runs}) > 1)]
+        run.label = " ".join([run.method] + [f"{k}={mine[k]}" for k in varying])
+
+
+@dataclass
+class Unfinished:
+    """A run the report lists but does not compare: failed, still running (or killed), or a predict run."""
+
+    layout: RunLayout
+    status: str
+    error: str | None
+
+
+def find_runs(paths: list[str | Path]) -> tuple[list[Run], list[Unfinished]]:
+    """The finished test runs at or below `paths` (labelled), and the others."""
+    runs, others = [], []
     for path in paths:
-        found = RunLayout.finished_under(path)
+        found = RunLayout.under(path)
         if not found:
             raise FileNotFoundError(f"'{path}' holds no finished test run (no run.json with an edits.csv in it or below it)")
-        layouts += found
-    runs = [Run(layout, RunManifest.read(layout), read_rows(layout.edits_csv)) for layout in layouts]
+        for layout in found:
+            manifest = RunManifest.read(layout)
+            if manifest.status == "finished" and manifest.stage == "test" and layout.edits_csv.is_file():
+                runs.append(Run(layout, manifest, read_rows(layout.edits_csv)))
+            else:
+                status = manifest.status if manifest.status != "finished" else f"{manifest.stage} run, no edits"
+                others.append(Unfinished(layout, status, manifest.error))
+    if not runs:
+        raise FileNotFoundError(f"{[str(p) for p in paths]} hold no finished test run (no run.json with an edits.csv in them or below them)")
     models = defaultdict(list)
     for run in runs:
         models[run.model].append(run)
     if len(models) > 1:
         listed = "; ".join(f"{m}: {len(rs)} runs" for m, rs in models.items())
         raise ValueError(f"the runs are of different models ({listed}): a report compares runs of one model; pass them separately")
-    by_method = defaultdict(list)
-    for run in runs:
-        by_method[run.method].append(run)
-    for method, group in by_method.items():  # rbe n_outside=30: the parameters in which a method's runs differ
-        varying = sorted(k for k in group[0].manifest.method_params if len({json.dumps(r.manifest.method_params.get(k)) for r in group}) > 1)
-        for run in group:
-            run.label = " ".join([method] + [f"{k}={run.manifest.method_params[k]}" for k in varying])
+    return runs, others
+
+
+def load_runs(paths: list[str | Path]) -> list[Run]:
+    """The finished test runs at or below `paths`, labelled among themselves."""
+    runs, _ = find_runs(paths)
+    label_runs(runs)
     return runs
+
+
+def comparable_groups(runs: list[Run]) -> list[tuple[str, list[Run]]]:
+    """The runs split by what must be equal for a comparison (regions and masks, images, latents), each group with
+    a heading naming what sets it apart (empty where all runs compare)."""
+    def key(run: Run) -> str:
+        return json.dumps([getattr(run.manifest, field) for field in COMPARED], sort_keys=True, default=str)
+
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[key(run)].append(run)
+    if len(groups) == 1:
+        label_runs(runs)
+        return [("", runs)]
+    differ = [name for field, name in COMPARED.items() if len({json.dumps(getattr(r.manifest, field), default=str) for r in runs}) > 1]
+    found = []
+    for members in groups.values():
+        label_runs(members)
+        first = members[0].manifest
+        parts = []
+        if "regions" in differ:
+            parts.append("regions " + ", ".join(region_caption(r) for r in first.regions))
+        if "images" in differ:
+            parts.append(f"images {', '.join(first.images[:4])}" + (f" (+{len(first.images) - 4})" if len(first.images) > 4 else ""))
+        if "latent" in differ:
+            parts.append("latent " + ", ".join(f"{k}={v}" for k, v in sorted(first.latent.items())))
+        found.append(("; ".join(parts), members))
+    return found
+
+
+def region_caption(region: dict[str, Any]) -> str:
+    """A region as a heading names it: its name and what its mask is made from."""
+    how = "automatic" if region.get("auto") else f"mask {region['mask']}" if region.get("mask") else f"box {region['box']}" if region.get("box") else "preset"
+    return f"{region['name']} ({how})"
 
 
 def method_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
@@ -224,18 +305,6 @@ def matched_table(runs: list[Run], fractions: tuple[float, ...] = (0.5, 1.0)) ->
     return ["method", *(f"MSE outside at MSE inside {level:.4g}" for level in levels)], body
 
 
-def image_figure(cells: dict[tuple[Any, Any], Image.Image], rows: list, cols: list, row_label: str, col_label: str, path: Path) -> Path:
-    """A labelled grid of edited images (nearest-neighbour upscaled): rows and columns named by their value."""
-    def tensor(image: Image.Image):
-        import torch
-
-        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
-
-    grid = [[tensor(cells[(r, c)]) if (r, c) in cells else None for c in cols] for r in rows]
-    labelled_grid(grid, [f"{col_label} {c}" for c in cols], [f"{row_label} {r}".strip() for r in rows]).save(path)
-    return path
-
-
 def figures(runs: list[Run], out: Path) -> list[tuple[str, Path]]:
     found = [
         ("MSE inside and outside the region against strength (RBE Fig. 7)", mse_curves(runs, out / "mse_vs_strength.png")),
@@ -260,7 +329,9 @@ def figures(runs: list[Run], out: Path) -> list[tuple[str, Path]]:
                 strength_cells[(run.label, float(row["strength"]))] = run.edit_image(float(row["strength"]))[0]
     strengths = sorted({a for _, a in strength_cells})
     if len(strengths) > 1:
-        found.append(("Strength rows", image_figure(strength_cells, labels, strengths, "", "a =", out / "strength_row.png")))
+        shown = sorted({run.edit_image()[1].split(",")[0] for run in runs})
+        title = f"Strength rows: image {runs[0].rows[0]['image']}, each run's first edited direction ({'; '.join(shown)})"
+        found.append((title, image_figure(strength_cells, labels, strengths, "", "a =", out / "strength_row.png")))
     return found + parts_figures(runs, out)
 
 
@@ -285,47 +356,86 @@ def html_table(table: tuple[list[str], list[list[str]]]) -> str:
     return f"<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{rows}</table>"
 
 
-def write_html(runs: list[Run], tables: list[tuple[str, tuple]], found: list[tuple[str, Path]], out: Path) -> Path:
-    images = "".join(f"<h2>{html.escape(title)}</h2><img src='{p.name}'>" for title, p in found)
-    listed = "".join(f"<li>{html.escape(str(r.path))}: {html.escape(r.label)}, t={r.manifest.timestep}</li>" for r in runs)
+def run_item(run: Run, out: Path) -> str:
+    """A run in the page's list: its directory, its label and settings, links to its per-image grids."""
+    grids = sorted({row["image"] for row in run.rows})
+    links = " ".join(f"<a href='{html.escape(os.path.relpath(run.layout.grid(image), out))}'>{html.escape(image)}</a>" for image in grids)
+    sources = sorted({o.source for o in run.manifest.directions.values()})
+    return (f"<li><code>{html.escape(str(run.path))}</code>: <b>{html.escape(run.label)}</b>, t={run.manifest.timestep:g}, "
+            f"strengths {html.escape(str(run.manifest.edit.get('strengths')))}, directions {html.escape(', '.join(sources) or 'unrecorded')}; "
+            f"grids: {links}</li>")
+
+
+def write_html(sections: list[Section], others: list[Unfinished], out: Path) -> Path:
+    body = ""
+    for section in sections:
+        if section.heading:
+            body += f"<h1>{html.escape(section.heading)}</h1>"
+        body += "".join(f"<h2>{html.escape(title)}</h2>{html_table(table)}" for title, table in section.tables)
+        body += "".join(f"<h2>{html.escape(title)}</h2><img src='{html.escape(os.path.relpath(path, out))}'>" for title, path in section.figures)
+        body += f"<h2>Runs</h2><ul>{''.join(run_item(r, out) for r in section.runs)}</ul>"
+    if others:
+        listed = "".join(f"<li><code>{html.escape(str(o.layout.root))}</code>: {html.escape(o.status)}"
+                         + (f" ({html.escape(o.error)})" if o.error else "") + "</li>" for o in others)
+        body += f"<h1>Not compared</h1><ul>{listed}</ul>"
     page = (
         "<!doctype html><meta charset='utf-8'><title>lit_hspace report</title>"
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.3em .8em;border-bottom:1px solid #ccc}</style>"
-        f"<h1>lit_hspace report: {html.escape(runs[0].model)}</h1>"
-        + "".join(f"<h2>{html.escape(title)}</h2>{html_table(table)}" for title, table in tables)
-        + f"{images}<h2>Runs</h2><ul>{listed}</ul>"
+        f"<p>lit_hspace report: {html.escape(sections[0].runs[0].model)}</p>" + body
     )
     path = out / "index.html"
     path.write_text(page)
     return path
 
 
+@dataclass
+class Section:
+    """The tables and figures of one group of comparable runs."""
+
+    heading: str
+    runs: list[Run]
+    tables: list[tuple[str, tuple[list[str], list[list[str]]]]]
+    figures: list[tuple[str, Path]]
+
+
+def section(heading: str, runs: list[Run], out: Path, composition: int, composition_strengths: list[float]) -> Section:
+    out.mkdir(parents=True, exist_ok=True)
+    tables = [
+        ("Methods (means over each method's runs and edits with a non-zero strength)", method_table(runs)),
+        ("Locality at matched change inside the region (interpolated along each method's curve)", matched_table(runs)),
+        ("Directions (mean ± sd over images of each image's mean over non-zero strengths)", direction_table(runs)),
+    ]
+    found = figures(runs, out)
+    if composition:
+        from lit_hspace.composition import composition_grid
+
+        path = composition_grid(runs[0].layout, runs[0].manifest, composition_strengths, composition, out / "composition.png")
+        found.append((f"Composition of {runs[0].label}: one direction of each region added column by column (JIVE appendix Fig. 4)", path))
+    return Section(heading, runs, tables, found)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="lit-hspace-report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--composition", type=int, default=0, metavar="N", help="also the composition grid of the first N directions")
     parser.add_argument("--composition-strengths", type=float, nargs="+", default=[-50, -25, 25, 50])
     args = parser.parse_args(argv)
 
-    runs = load_runs(args.runs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    tables = [
-        ("Methods (means over each method's runs and edits with a non-zero strength)", method_table(runs)),
-        ("Locality at matched change inside the region (interpolated along each method's curve)", matched_table(runs)),
-        ("Directions (mean ± sd over images of each image's mean over non-zero strengths)", direction_table(runs)),
-    ]
-    found = figures(runs, args.out)
-    if args.composition:
-        from lit_hspace.composition import composition_grid
-
-        path = composition_grid(runs[0], args.composition_strengths, args.composition, args.out / "composition.png")
-        found.append(("Composition: one direction of each region added column by column (JIVE appendix Fig. 4)", path))
-    page = write_html(runs, tables, found, args.out)
-    for title, (head, body) in tables:
-        print(f"{title}\n| {' | '.join(head)} |\n|{' --- |' * len(head)}")
-        for row in body:
-            print(f"| {' | '.join(row)} |")
+    runs, others = find_runs(args.runs)
+    groups = comparable_groups(runs)
+    sections = [section(heading, members, args.out if len(groups) == 1 else args.out / f"group_{i}", args.composition, args.composition_strengths)
+                for i, (heading, members) in enumerate(groups, 1)]
+    page = write_html(sections, others, args.out)
+    for part in sections:
+        if part.heading:
+            print(f"\n## {part.heading}\n")
+        for title, (head, body) in part.tables:
+            print(f"{title}\n| {' | '.join(head)} |\n|{' --- |' * len(head)}")
+            for row in body:
+                print(f"| {' | '.join(row)} |")
+    for other in others:
+        print(f"not compared: {other.layout.root}: {other.status}" + (f" ({other.error})" if other.error else ""))
     print(f"report: {page}")
 
 

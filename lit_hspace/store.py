@@ -3,11 +3,20 @@ earlier run of the same experiment stored for an equal discovery key."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from lit_hspace.directions import DirectionSet, DiscoveryKey
 from lit_hspace.hspace import HSpaceUNet
-from lit_hspace.layout import RunLayout
+from lit_hspace.layout import DirectionOrigin, RunLayout
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A set that was not discovered anew, and where it came from."""
+
+    dset: DirectionSet
+    origin: DirectionOrigin
 
 
 class DirectionStore:
@@ -18,7 +27,7 @@ class DirectionStore:
     """
 
     def __init__(self, given: str | None, model: HSpaceUNet, names: tuple[str, ...] | None = None):
-        self.given: dict[str, DirectionSet] = {}
+        self.given: dict[str, Stored] = {}
         self.one_for_all = given is not None and Path(given).is_file()
         if given is None:
             return
@@ -28,11 +37,11 @@ class DirectionStore:
             stored.check_fits(model)
             for name in names or ():
                 stored.index_of(name)  # every asked-for name exists
-            self.given[file.stem] = stored
+            self.given[file.stem] = Stored(stored, DirectionOrigin("given", str(file)))
         if not self.given:
             raise FileNotFoundError(f"direction set folder '{given}' holds no .safetensors files")
 
-    def find(self, key: DiscoveryKey, earlier: list[RunLayout]) -> DirectionSet | None:
+    def find(self, key: DiscoveryKey, earlier: list[RunLayout]) -> Stored | None:
         """A given set for this image, or the newest stored set of an earlier run with an equal key."""
         if self.one_for_all:
             return next(iter(self.given.values()))
@@ -43,6 +52,5 @@ class DirectionStore:
             if path.is_file():
                 stored = DirectionSet.load(path)
                 if stored.key == key:
-                    return stored
+                    return Stored(stored, DirectionOrigin("reused", str(path)))
         return None
-

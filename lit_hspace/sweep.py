@@ -3,7 +3,10 @@
 The same files run with `wandb sweep` and `wandb agent`: their `command` is the CLI call and each
 parameter is a CLI key (`--model.init_args.timestep=0.4`; `config` picks a config file). Here the grid
 is expanded, every run's arguments are parsed first, so that a key the CLI does not know stops the sweep
-before any run starts, and then the runs go one after another.
+before any run starts, and then the runs go one after another, each a run of its own (run directory,
+W&B run, run.json with its status). A failed point stops the sweep unless `--continue-on-error`; every
+point's outcome goes to a ledger (`--ledger`, by default runs/sweeps/<sweep>.json), and `--resume` skips
+the points it records as finished.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ import contextlib
 import io
 import itertools
 import json
+import traceback
+import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -91,19 +97,80 @@ def check(sweep: dict[str, Any], runs: list[list[str]]) -> None:
             raise ValueError(f"sweep run `python -m lit_hspace {' '.join(run)}` does not parse ({error})")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+@dataclass
+class PointOutcome:
+    """How one grid point of a sweep went, as the ledger records it."""
+
+    args: list[str]
+    status: Literal["finished", "failed"]
+    run: str | None = None  # its run directory, where it got one
+    error: str | None = None
+
+
+class Ledger:
+    """Each point's outcome in one JSON file, rewritten atomically after every point, so a sweep that stops (an error,
+    a killed process) can be resumed: the points it records as finished are skipped."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.points: dict[str, PointOutcome] = {}
+        if path.is_file():
+            for entry in json.loads(path.read_text())["points"]:
+                outcome = PointOutcome(**entry)
+                self.points[json.dumps(outcome.args)] = outcome
+
+    def finished(self, args: list[str]) -> PointOutcome | None:
+        outcome = self.points.get(json.dumps(args))
+        return outcome if outcome is not None and outcome.status == "finished" else None
+
+    def record(self, outcome: PointOutcome) -> None:
+        self.points[json.dumps(outcome.args)] = outcome
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps({"points": [asdict(o) for o in self.points.values()]}, indent=2) + "\n")
+        partial.replace(self.path)
+
+
+def run_point(args: list[str]) -> PointOutcome:
+    """One point through the CLI in this process; its run ends (and its W&B run with it) before the next starts."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # intended: the sweep passes the args
+        try:
+            done = cli(args)
+        except Exception as err:  # noqa: BLE001 - the point failed; the sweep decides whether to go on
+            traceback.print_exc()
+            return PointOutcome(args, "failed", error=f"{type(err).__name__}: {err}")
+    return PointOutcome(args, "finished", run=done.trainer.log_dir)
+
+
+def main(argv: list[str] | None = None) -> list[PointOutcome]:
+    parser = argparse.ArgumentParser(prog="lit-hspace-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", help="a W&B sweep file (method: grid)")
     parser.add_argument("--dry-run", action="store_true", help="check and list the runs, run none")
+    parser.add_argument("--continue-on-error", action="store_true", help="go on past a failed point (it is recorded as failed)")
+    parser.add_argument("--resume", action="store_true", help="skip the points the ledger records as finished")
+    parser.add_argument("--ledger", type=Path, help="where each point's outcome is recorded (default runs/sweeps/<sweep>.json)")
     args = parser.parse_args(argv)
 
     sweep = load_sweep(args.sweep)
     runs = expand(sweep)
     check(sweep, runs)
+    ledger = Ledger(args.ledger or Path("runs") / "sweeps" / f"{Path(args.sweep).stem}.json")
+    outcomes = []
     for i, run in enumerate(runs, 1):
-        print(f"[{i}/{len(runs)}] python -m lit_hspace {' '.join(run)}", flush=True)
-        if not args.dry_run:
-            cli(run)
+        done = ledger.finished(run) if args.resume else None
+        print(f"[{i}/{len(runs)}] python -m lit_hspace {' '.join(run)}" + (f"  (finished before: {done.run})" if done else ""), flush=True)
+        if args.dry_run or done:
+            continue
+        outcome = run_point(run)
+        ledger.record(outcome)
+        outcomes.append(outcome)
+        if outcome.status == "failed" and not args.continue_on_error:
+            raise SystemExit(f"sweep point {i}/{len(runs)} failed ({outcome.error}); recorded in {ledger.path}. "
+                             "Rerun with --resume to go on from there, or --continue-on-error to run past failed points.")
+    failed = [o for o in outcomes if o.status == "failed"]
+    print(f"sweep: {len(outcomes) - len(failed)} points finished, {len(failed)} failed; ledger {ledger.path}", flush=True)
+    return outcomes
 
 
 if __name__ == "__main__":

@@ -81,14 +81,24 @@ class WandbTracker(WandbLogger):
 
     def __init__(self, project: str = "lit_hspace", name: str | None = None, save_dir: str = "runs", offline: bool | None = None, **kwargs):
         mode, why = choose_mode(offline)
-        if mode == "offline" and why != "asked for":
+        if mode == "offline" and why != "asked for" and not os.environ.get("WANDB_MODE"):  # a fallback the user did not choose
             warnings.warn(f"W&B logs offline: {why}. Upload later with `wandb sync {save_dir}/wandb/offline-run-*`.", stacklevel=2)
         if mode == "disabled":  # W&B's own disabled mode: nothing is logged or written (WandbLogger's offline flag would override it)
             kwargs["mode"] = "disabled"
         else:
             os.makedirs(save_dir, exist_ok=True)
         super().__init__(project=project, name=name, save_dir=save_dir, offline=mode == "offline", **kwargs)
+        self._wandb_init.pop("anonymous", None)  # W&B has dropped the setting and warns on every run that it is passed
         self.named_by_user = name is not None
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        """Ends this run's W&B run with its status, so that the next run in the same process (a local sweep's next
+        point) starts a W&B run of its own instead of logging into this one."""
+        super().finalize(status)
+        if self._experiment is not None:
+            self._experiment.finish(exit_code=0 if status == "success" else 1)
+            self._experiment = None
 
 
 class RunLogger(CSVLogger):

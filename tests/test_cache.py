@@ -203,7 +203,8 @@ def test_a_rank_sweep_reuses_the_per_region_solves(tmp_path, tiny_model_dir):
     cache sits beside the experiments (runs/cache)."""
     jive = {"class_path": "lit_hspace.methods.JIVE", "init_args": {"k": 2, "rank_joint": 1, "rank_individual": 1, "max_iter": 4}}
     config = write_config(tmp_path, tiny_model_dir, jive, {"seeds": [0]}, regions=("mouth", "eyes"), name="ranks")
-    sweep.main([write_sweep(tmp_path / "rank_sweep.yaml", config, {"model.init_args.method.init_args.rank_joint": [1, 2]})])
+    sweep.main([write_sweep(tmp_path / "rank_sweep.yaml", config, {"model.init_args.method.init_args.rank_joint": [1, 2]}),
+                "--ledger", str(tmp_path / "ledger.json")])
     first, second = (DirectionSet.load(tmp_path / "runs" / "ranks" / f"version_{v}" / "directions" / "seed000000.safetensors") for v in (0, 1))
     assert solves(first) == (0, 1) and solves(second) == (1, 0)
     assert first.meta["method_params"]["rank_joint"] == 1 and second.meta["method_params"]["rank_joint"] == 2

@@ -19,6 +19,7 @@ from lit_hspace.jacobian import principal_angle_sine
 from lit_hspace.module import HSpaceEditor, ImageItem
 from lit_hspace.discovery import discover
 from lit_hspace.figures import FONT_SIZE, PAD
+from lit_hspace.layout import DirectionOrigin, RunLayout, RunManifest
 from lit_hspace.settings import DiffusionSettings, DiscoverySettings, EditSettings
 from conftest import STRENGTHS, read_png, write_config
 
@@ -37,6 +38,10 @@ def test_predict_then_test_reuses_directions_and_writes_a_run(tmp_path, tiny_mod
     run1 = tmp_path / "runs" / "exp" / "version_1"
     assert not (run1 / "directions").exists(), "test must reuse the set predict stored, not discover again"
     assert (run0 / "directions" / "face.safetensors").is_file()  # the earlier run is untouched
+    # Where the set came from, in both manifests and in every edits.csv row.
+    assert RunManifest.read(RunLayout(run0)).directions == {"face": DirectionOrigin("discovered", str(run0 / "directions" / "face.safetensors"))}
+    manifest = RunManifest.read(RunLayout(run1))
+    assert manifest.status == "finished" and manifest.directions == {"face": DirectionOrigin("reused", str(run0 / "directions" / "face.safetensors"))}
 
     grid = Image.open(run1 / "grids" / "face.png")
     # 2 directions x (input, reconstruction, 3 strengths), each cell 16 px upscaled 8 times to 128 px.
@@ -44,6 +49,7 @@ def test_predict_then_test_reuses_directions_and_writes_a_run(tmp_path, tiny_mod
     with open(run1 / "edits.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * len(STRENGTHS)
+    assert {(r["directions_source"], r["directions_file"]) for r in rows} == {("reused", str(run0 / "directions" / "face.safetensors"))}
     # Each row's MSE, recomputed from the written PNGs (8-bit, hence the tolerance), against the reconstruction.
     images = run1 / "images" / "face"
     reconstruction = read_png(images / "reconstruction.png")
@@ -122,7 +128,7 @@ def test_jive_in_test_discovers_and_stores_per_region_directions(tmp_path, tiny_
 
 
 def test_print_config_of_the_shipped_configs(capsys):
-    configs = sorted(set(Path("configs").rglob("*.yaml")) - {Path("configs/synth/train.yaml")} - set(Path("configs/data").glob("*.yaml")))
+    configs = sorted(set(Path("configs").rglob("*.yaml")) - set(Path("configs/synth").glob("train*.yaml")) - set(Path("configs/data").glob("*.yaml")))
     assert len(configs) >= 10
     for config in configs:
         with pytest.raises(SystemExit) as exit_info:

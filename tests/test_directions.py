@@ -11,7 +11,7 @@ import lit_hspace
 from conftest import tiny_unet
 from lit_hspace.directions import DirectionSet, DiscoveryKey
 from lit_hspace.hspace import HSpaceUNet
-from lit_hspace.layout import RunLayout
+from lit_hspace.layout import DirectionOrigin, RunLayout
 from lit_hspace.store import DirectionStore
 
 
@@ -118,6 +118,7 @@ def two_runs(tiny_model, tmp_path):
     for i, name in enumerate(["a", "b"]):
         run = tmp_path / name
         make_set(tiny_model, rng=10 + i, seed=i).save(run / "directions" / "img0.safetensors")
+        (run / "run.json").write_text("{}")
         os.utime(run, (1_000_000 + i * 100, 1_000_000 + i * 100))
         runs.append(run)
     return RunLayout(tmp_path / "c").siblings()
@@ -127,8 +128,9 @@ def two_runs(tiny_model, tmp_path):
 def test_store_finds_the_set_with_an_equal_key(tiny_model, two_runs, seed):
     """Of two stored sets differing only in seed, the one whose key equals the wanted key is returned."""
     found = DirectionStore(None, tiny_model).find(make_key(tiny_model, seed=seed), two_runs)
-    assert found is not None and found.key == make_key(tiny_model, seed=seed)
-    assert torch.equal(found.directions, make_set(tiny_model, rng=10 + seed).directions)
+    assert found is not None and found.dset.key == make_key(tiny_model, seed=seed)
+    assert torch.equal(found.dset.directions, make_set(tiny_model, rng=10 + seed).directions)
+    assert found.origin == DirectionOrigin("reused", str(two_runs[1 - seed].directions("img0")))
 
 
 @pytest.mark.parametrize(
@@ -153,9 +155,10 @@ def test_store_prefers_the_newest_run(tiny_model, tmp_path):
     for i, (name, mtime) in enumerate([("old", 2_000_000), ("new", 3_000_000), ("mid", 2_500_000)]):
         run = tmp_path / name
         make_set(tiny_model, rng=20 + i).save(run / "directions" / "img0.safetensors")
+        (run / "run.json").write_text("{}")
         os.utime(run, (mtime, mtime))
     found = DirectionStore(None, tiny_model).find(make_key(tiny_model), RunLayout(tmp_path / "this").siblings())
-    assert torch.equal(found.directions, make_set(tiny_model, rng=21).directions)
+    assert torch.equal(found.dset.directions, make_set(tiny_model, rng=21).directions)
 
 
 def test_key_round_trips_through_the_artifact(tiny_model, tmp_path):
@@ -169,11 +172,15 @@ def test_key_round_trips_through_the_artifact(tiny_model, tmp_path):
 def test_given_sets_one_for_all_or_per_image(tiny_model, tmp_path):
     one = make_set(tiny_model, rng=1).save(tmp_path / "one.safetensors")
     store = DirectionStore(str(one), tiny_model)
-    assert torch.equal(store.find(make_key(tiny_model, image="anything"), []).directions, make_set(tiny_model, rng=1).directions)
+    found = store.find(make_key(tiny_model, image="anything"), [])
+    assert torch.equal(found.dset.directions, make_set(tiny_model, rng=1).directions)
+    assert found.origin == DirectionOrigin("given", str(one))
     folder = tmp_path / "sets"
     make_set(tiny_model, rng=2).save(folder / "img0.safetensors")
     store = DirectionStore(str(folder), tiny_model)
-    assert torch.equal(store.find(make_key(tiny_model), []).directions, make_set(tiny_model, rng=2).directions)
+    found = store.find(make_key(tiny_model), [])
+    assert torch.equal(found.dset.directions, make_set(tiny_model, rng=2).directions)
+    assert found.origin == DirectionOrigin("given", str(folder / "img0.safetensors"))
     assert store.find(make_key(tiny_model, image="img9"), []) is None
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no .safetensors files"):

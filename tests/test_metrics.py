@@ -188,3 +188,15 @@ def test_fid_of_a_run_compares_edits_with_originals(monkeypatch, tmp_path, tiny_
     one = write_config(tmp_path, tiny_model_dir, rbe, {"seeds": [0]}, name="fid_one")
     with pytest.raises(ValueError, match="fid metric compares two sets of images and needs at least 2 images; the data has 1"):
         main(["test", "--config", str(one), "--model.init_args.metrics=[fid]"])
+
+
+@pytest.mark.parametrize("metric, module", [("lpips", "lpips"), ("id", "insightface"), ("fid", "torch_fidelity")])
+def test_a_missing_evaluation_package_names_the_extra(metric, module, monkeypatch):
+    """Without the `metrics` extra, asking for a metric that needs it says which package and how to install it."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: importing it raises ImportError
+    for name in [m for m in sys.modules if m.startswith(module + ".")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ImportError, match=rf"the {metric} metric needs the package '{module}' .*pip install 'lit_hspace\[metrics\]'"):
+        EditMetrics([metric], 16, ["mouth"])

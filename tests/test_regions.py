@@ -101,6 +101,20 @@ def test_mask_file_resized_to_output(tmp_path):
     assert torch.equal(region.to_mask(16), hand_mask(16, slice(0, 8), slice(0, 8)))
 
 
+def test_mask_of_another_shape_is_centre_cropped_as_images_are(tmp_path):
+    """A 100 x 60 mask is cut to its centre 60 x 60 square (columns 20..79), as an image of that shape is, then
+    resized: white columns 20..34 (the square's first quarter) become columns 0..3 at 16 px, white columns 0..14
+    (outside the square) vanish; with a warning naming the mask."""
+    pixels = Image.new("L", (100, 60), 0)
+    pixels.paste(255, (0, 0, 15, 60))  # outside the centre square: cut away
+    pixels.paste(255, (20, 0, 35, 60))  # the square's first 15 of 60 columns
+    path = tmp_path / "wide.png"
+    pixels.save(path)
+    with pytest.warns(UserWarning, match=r"wide.png' is 100 x 60, not the model's 16 x 16: it is centre-cropped"):
+        mask = Region("wide", mask=str(path)).to_mask(16)
+    assert torch.equal(mask, hand_mask(16, slice(0, 16), slice(0, 4)))
+
+
 def test_rgb_mask_file_bottom_right(tmp_path):
     """An RGB mask with a white bottom-right quarter maps to rows 8..15, cols 8..15; dark pixels stay out."""
     pixels = Image.new("RGB", (64, 64), (40, 40, 40))

@@ -126,7 +126,7 @@ def test_rank_grid(tmp_path, tiny_model_dir):
 def test_composition_of_one_direction_is_its_edit(method_runs):
     """Cell (a, 1) of the composition grid is the run's own edit along its first direction at strength a."""
     (run,) = [r for r in report.load_runs([method_runs]) if r.method == "rbe"]
-    cells, captions = compose(run, [STRENGTHS[-1]], 2)
+    cells, captions = compose(run.layout, run.manifest, [STRENGTHS[-1]], 2)
     assert captions == ["mouth 0", "mouth 1"]  # one region: its first directions
     assert set(cells) == {(STRENGTHS[-1], 1), (STRENGTHS[-1], 2)}
     written = np.asarray(Image.open(run.layout.edit_image("seed000000", 0, "mouth", STRENGTHS[-1])), dtype=np.float32) / 255
@@ -146,5 +146,44 @@ def test_runs_of_different_models_are_refused(method_runs, tmp_path):
 
 
 def test_nothing_to_report(tmp_path):
-    with pytest.raises(FileNotFoundError, match="holds no finished test run"):
+    with pytest.raises(FileNotFoundError, match="no finished test run"):
         report.load_runs([tmp_path])
+
+
+def test_runs_that_do_not_compare_are_separated_and_failed_runs_listed(method_runs, tmp_path, tiny_model_dir):
+    """A run on another region gets a section of its own, headed by the regions; a rerun that reused the stored
+    sets is labelled by where its directions came from; a failed run is listed with its error, not compared."""
+    experiment = tmp_path / "runs"
+    config = write_config(tmp_path, tiny_model_dir, RBE, {"seeds": [0, 1]}, name="rbe")
+    for extra in ([], [], ["--model.init_args.regions", "[eyes]"]):
+        main(["test", "--config", str(config), *extra])
+    failed = RunManifest.read(RunLayout(experiment / "rbe" / "version_0"))
+    failed.status, failed.error = "failed", "RuntimeError: planted"
+    failed.write(RunLayout(experiment / "rbe" / "version_9"))
+    out = tmp_path / "report"
+    report.main([str(experiment), "--out", str(out)])
+    runs, others = report.find_runs([experiment])
+    groups = report.comparable_groups(runs)
+    assert [(heading, len(members)) for heading, members in groups] == [
+        ("regions mouth (box [0.33, 0.67, 0.67, 0.82])", 2), ("regions eyes (box [0.25, 0.44, 0.75, 0.56])", 1)]
+    mouth = next(members for heading, members in groups if heading.startswith("regions mouth"))
+    assert sorted(r.label for r in mouth) == ['rbe directions=["discovered"]', 'rbe directions=["reused"]']
+    assert [(o.status, o.error) for o in others] == [("failed", "RuntimeError: planted")]
+    page = (out / "index.html").read_text()
+    assert "<h1>regions mouth" in page and "<h1>regions eyes" in page and "group_1/mse_vs_strength.png" in page
+    assert "failed (RuntimeError: planted)" in page
+    assert "href='../runs/rbe/version_1/grids/seed000000.png'" in page  # the per-image grids, linked
+
+
+def test_composition_works_on_a_run_that_reused_its_directions(method_runs, tmp_path):
+    """A rerun stores no set of its own; its run.json says where each set came from and the composition grid uses it."""
+    (haas,) = [r for r in report.load_runs([method_runs]) if r.method == "haas"]
+    rerun = tmp_path / "rerun"
+    manifest = RunManifest.read(haas.layout)
+    manifest.directions = {image: RunManifest.read(haas.layout).origin(image, haas.layout) for image in manifest.images}
+    assert manifest.directions["seed000000"].source == "discovered"
+    manifest.directions = {image: type(origin)("reused", origin.file) for image, origin in manifest.directions.items()}
+    manifest.write(RunLayout(rerun))
+    cells, _ = compose(RunLayout(rerun), manifest, [STRENGTHS[-1]], 1)
+    written = np.asarray(Image.open(haas.layout.edit_image("seed000000", 0, "mouth", STRENGTHS[-1])), dtype=np.float32) / 255
+    assert np.abs(cells[(STRENGTHS[-1], 1)] - written).max() <= 1 / 255 + 1e-4

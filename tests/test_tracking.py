@@ -9,6 +9,7 @@ import wandb
 import yaml
 
 from lit_hspace import tracking
+from lit_hspace.tracking import WandbTracker
 from lit_hspace.cli import main
 from conftest import write_config
 
@@ -69,7 +70,7 @@ def test_unreachable_server_falls_back_offline_in_bounded_time(no_wandb_env, mon
     assert time.perf_counter() - start < tracking.PROBE_SECONDS + 1
 
 
-def test_offline_run_logs_grids_table_and_config(no_wandb_env, tmp_path, tiny_model_dir):
+def test_offline_run_logs_grids_table_and_config(no_wandb_env, tmp_path, tiny_model_dir, monkeypatch):
     rbe = {"class_path": "lit_hspace.methods.RBE", "init_args": {"k": 2, "n_outside": 2, "max_iter": 3}}
     config_path = write_config(tmp_path, tiny_model_dir, rbe, {"seeds": [0, 1]}, name="tracked")
     config = yaml.safe_load(config_path.read_text())
@@ -77,16 +78,22 @@ def test_offline_run_logs_grids_table_and_config(no_wandb_env, tmp_path, tiny_mo
     wandb_dir = tmp_path / "tracking"
     config["trainer"]["logger"] = [csv_logger, {"class_path": "lit_hspace.tracking.WandbTracker", "init_args": {"save_dir": str(wandb_dir)}}]
     config_path.write_text(yaml.safe_dump(config))
-    with pytest.warns(UserWarning, match="W&B logs offline: no W&B credentials"):
-        cli = main(["test", "--config", str(config_path)])
+    seen = {}
+    finalize = WandbTracker.finalize
 
-    tracker = cli.trainer.loggers[1]
-    assert tracker.experiment.name == "rbe_mouth_t0.6"
+    def record(self, status):  # the run as it ends
+        seen.update(name=self.experiment.name, config=json.loads(self.experiment.config["config"]), status=status)
+        finalize(self, status)
+
+    monkeypatch.setattr(WandbTracker, "finalize", record)
+    with pytest.warns(UserWarning, match="W&B logs offline: no W&B credentials"):
+        main(["test", "--config", str(config_path)])
+
+    assert seen["name"] == "rbe_mouth_t0.6" and seen["status"] == "success"
+    assert seen["config"]["model"]["init_args"]["diffusion"]["timestep"] == 0.6
+    assert wandb.run is None  # the W&B run ended with the run: a next run in this process gets its own
     metrics = json.loads((tmp_path / "runs" / "tracked" / "version_0" / "metrics.json").read_text())
     assert set(metrics) == {"test/mse_whole", "test/mse_inside", "test/mse_outside"}
-    logged_config = json.loads(tracker.experiment.config["config"])
-    assert logged_config["model"]["init_args"]["diffusion"]["timestep"] == 0.6
-    tracker.experiment.finish()
     (run,) = wandb_dir.glob("wandb/offline-run-*")
     files = run / "files"
     assert len(list(files.glob("media/images/grids_*.png"))) == 2  # one grid per image

@@ -1,0 +1,54 @@
+"""The command line as a user sees it: help that leads with the project, runs without noise, a strength-0 run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lit_hspace.cli import main
+from conftest import write_config
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "lit_hspace", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def test_help_leads_with_the_project_and_names_the_program(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("usage: lit-hspace ")
+    assert "local semantic directions in the h-space" in shown.split("options:")[0]
+    assert "Discover (or reuse) direction sets, edit every image" in shown  # test, in the subcommand list
+    assert "validate" not in shown and "Lightning Trainer command line tool" not in shown
+
+
+@pytest.mark.parametrize("subcommand", ["test", "predict"])
+def test_subcommand_help_shows_the_editors_settings_before_the_trainers(subcommand, capsys):
+    with pytest.raises(SystemExit):
+        main([subcommand, "--help"])
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"usage: lit-hspace {subcommand} --config CONFIG.yaml")
+    editor = shown.index("--model.init_args.diffusion.timestep")
+    assert editor < shown.index("--model.init_args.edit.strengths") < shown.index("--trainer.max_epochs")
+    assert editor < shown.index("--trainer.")
+
+
+def test_a_run_prints_no_advertising_or_irrelevant_warnings_and_a_zero_strength_run_finishes(tmp_path, tiny_model_dir):
+    """The README's kind of run, as a subprocess: no Lightning tips, no seed notice, no W&B 'anonymous' warning.
+    With strength 0 alone it is a reconstruction run: it finishes, with no edit means."""
+    rbe = {"class_path": "lit_hspace.methods.RBE", "init_args": {"k": 2, "n_outside": 2, "max_iter": 3}}
+    config = write_config(tmp_path, tiny_model_dir, rbe, {"seeds": [0]}, name="quiet")
+    done = run_cli("test", "--config", str(config), "--model.init_args.edit.strengths", "[0]",
+                   "--trainer.logger+=lit_hspace.tracking.WandbTracker", f"--trainer.logger.save_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    shown = done.stdout + done.stderr
+    assert done.returncode == 0, shown
+    for noise in ("Tip:", "No seed found", "Seed set to", "anonymous", "args parameter is intended", "LeafSpec", "W&B logs offline"):
+        assert noise not in shown, noise
+    manifest = json.loads((tmp_path / "runs" / "quiet" / "version_0" / "run.json").read_text())
+    assert manifest["status"] == "finished" and manifest["images"] == ["seed000000"]
+    assert not any(k.startswith("test/mse") for k in manifest["metrics"])
