@@ -17,7 +17,8 @@ import time
 import torch
 
 from lit_hspace.methods import RBE
-from lit_hspace.module import HSpaceEditor, ImageItem
+from lit_hspace.discovery import ImageItem
+from lit_hspace.module import HSpaceEditor
 from lit_hspace.regions import Region
 from lit_hspace.settings import DiscoverySettings
 
@@ -37,9 +38,9 @@ def main() -> None:
         seconds = []
         for seed in range(args.images):
             item = ImageItem(f"seed{seed:06d}", None, seed, None)
-            latent = editor.latent(item)
+            latent = editor.images.latent(item)
             start = time.perf_counter()
-            editor.image_masks(latent, item.id)
+            editor.images.image_masks(latent, item.id)
             seconds.append(time.perf_counter() - start)
         print(f"parts {label}: {1000 * statistics.mean(seconds[1:]):.1f} ms per image (mean over seeds 1-{args.images - 1})")
 

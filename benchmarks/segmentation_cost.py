@@ -5,7 +5,7 @@ resident set on a CPU, the peak allocated on a GPU): the model and a latent alon
 default settings (the latent at 0.6T sampled down to the segmentation timestep, decoder features, k-means); one
 discovery product (J^T J V) for 1 row and for the device's default chunk of rows. Times: one segmentation against
 one product of one row; a discovery takes hundreds of such rows (RBE on the built-in model: 570 to tolerance,
-docs/solvers.md).
+experiments/first_order_locality/README.md).
 
     python benchmarks/segmentation_cost.py --model random-celebahq-256
 """

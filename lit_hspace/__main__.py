@@ -1,3 +1,3 @@
-from lit_hspace.cli import main
+from lit_hspace.cli import run
 
-main()
+run()

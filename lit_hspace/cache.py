@@ -19,7 +19,7 @@ to one that computes: the random starts of later solves do not depend on whether
 
 With `warm_start`, a block solve that misses starts from the basis of the last solve of the same problem
 (same operator, masks and projection) with another k, width, tolerance or cap, kept under <root>/starts/:
-fewer products (docs/benchmarks.md), but the result then depends, within the tolerance, on which solves ran
+fewer products (experiments/warm_start), but the result then depends, within the tolerance, on which solves ran
 before, so it is off by default.
 """
 

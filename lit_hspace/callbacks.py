@@ -14,7 +14,7 @@ from lit_hspace.directions import DirectionSet
 from lit_hspace.figures import labelled_grid, outlined
 from lit_hspace.layout import DirectionOrigin, RunLayout, Status, append_rows, read_rows
 from lit_hspace.metrics import to_unit
-from lit_hspace.module import Discovered, ImageResult
+from lit_hspace.steps import Discovered, ImageResult
 from lit_hspace.segment.files import write_parts
 from lit_hspace.tracking import WandbTracker, loggers_with
 

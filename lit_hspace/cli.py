@@ -7,12 +7,16 @@ grouped (diffusion, edit, discovery, regions, method), before the Trainer's opti
 
 from __future__ import annotations
 
+import difflib
 import logging
+import os
+import re
 import sys
 import warnings
+from importlib import import_module
 
 from jsonargparse import DefaultHelpFormatter
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_hspace.tracking import SaveAndLogConfig
 
@@ -76,6 +80,60 @@ def editor_settings() -> str:
     )
 
 
+TRACEBACK = "LIT_HSPACE_TRACEBACK"  # set to 1 for the full parser report and tracebacks
+
+
+def class_keys(class_path: str, prefix: str) -> dict[str, object]:
+    """Every command-line key of a class's settings under `prefix` (e.g. model.init_args.), with its type."""
+    from jsonargparse import ArgumentParser
+
+    module, name = class_path.rsplit(".", 1)
+    parser = ArgumentParser(add_help=False)
+    parser.add_class_arguments(getattr(import_module(module), name), prefix.rstrip("."), sub_configs=True)
+    found = {a.dest: getattr(a, "_typehint", a.type) for a in parser._actions if a.dest and not a.dest.endswith(".help")}
+    return {key: hint for key, hint in found.items() if not any(other.startswith(key + ".") for other in found)}  # leaves only
+
+
+def type_name(hint: object) -> str:
+    return re.sub(r"\btyping\.|<class '([^']*)'>", lambda m: m.group(1) or "", str(hint))
+
+
+def explain(message: str, known: list[str]) -> str:
+    """jsonargparse's report on bad arguments as one line: the key, the value, what is allowed, the nearest keys."""
+    owner = re.search(r"class_path '([\w.]+)'", message)
+    prefix = ""
+    keys = dict.fromkeys(known)
+    if owner:
+        prefix = "model.init_args." if ".module." in owner.group(1) else "data.init_args."
+        keys = class_keys(owner.group(1), prefix)
+    unknown = re.search(r"(?:unrecognized arguments: --|Option ')([\w.]+)", message, re.I)
+    if unknown:
+        key = prefix + unknown.group(1)
+        near = difflib.get_close_matches(key, list(keys), n=3, cutoff=0.6)
+        return f"no setting '{key}'" + (f"; did you mean {' or '.join(near)}?" if near else "")
+    given = re.search(r"NestedArg\(key='([\w.]+)', val='(.*?)'\)", message)
+    if given:
+        key = prefix + given.group(1)
+        wanted = f": expected {type_name(keys[key])}" if keys.get(key) is not None else ""
+        return (f"{key}: the value {given.group(2)!r} is not accepted{wanted} (lists are written in brackets, "
+                "e.g. '[-25, 0, 25]' or '[mouth]')")
+    return message.strip().splitlines()[0]
+
+
+class HSpaceParser(LightningArgumentParser):
+    """Bad arguments end in one line that names the key, the value and what is allowed (or the nearest keys)."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if os.environ.get(TRACEBACK) or not self.exit_on_error:
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        known = [o.lstrip("-") for a in parser._actions for o in a.option_strings if o.startswith("--")]
+        command = parser.prog.replace(" [options]", "")
+        sys.stderr.write(f"error: {explain(message, known)}\n"
+                         f"(`{command} --help` lists the settings; {TRACEBACK}=1 shows the parser's full report)\n")
+        sys.exit(2)
+
+
 class HSpaceCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -128,6 +186,18 @@ def main(args: list[str] | None = None) -> HSpaceCLI:
         trainer_defaults=TRAINER_DEFAULTS,
         save_config_callback=SaveAndLogConfig,
         seed_everything_default=0,
+        parser_class=HSpaceParser,
         parser_kwargs=parser_kwargs(sys.argv[1:] if args is None else args),
         args=args,
     )
+
+
+def run() -> None:
+    """The command: errors of the project's own checks (a bad setting, a missing file) as one line, no traceback."""
+    try:
+        main()
+    except (ValueError, FileNotFoundError, OSError, MemoryError) as err:
+        if os.environ.get(TRACEBACK):
+            raise
+        sys.stderr.write(f"error: {err}\n({TRACEBACK}=1 shows the traceback)\n")
+        sys.exit(1)

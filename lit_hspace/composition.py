@@ -10,7 +10,7 @@ from PIL import Image
 
 from lit_hspace.ddim import DDIM, Edit, Inversion, Latent
 from lit_hspace.directions import DirectionSet
-from lit_hspace.hspace import HSpaceUNet
+from lit_hspace.hspace import load_model
 from lit_hspace.metrics import to_unit
 from lit_hspace.figures import image_figure
 from lit_hspace.layout import RunLayout, RunManifest
@@ -22,7 +22,7 @@ def compose(layout: RunLayout, manifest: RunManifest, strengths: list[float], nu
     appendix Fig. 4). Also the captions of the directions added. Images (H, W, 3) in [0, 1]."""
     image = manifest.images[0]
     dset = DirectionSet.load(manifest.origin(image, layout).file)  # discovered, reused or given
-    model = HSpaceUNet.from_pretrained(manifest.model)
+    model = load_model(manifest.model)
     dset.check_fits(model)
     ddim = DDIM(model, manifest.num_steps)
     t = manifest.t

@@ -22,7 +22,7 @@ import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 from torch import Tensor
 
-from lit_hspace.hspace import HSpaceUNet
+from lit_hspace.hspace import HSpaceModel
 
 Injection = Literal["x0_and_direction", "x0"]
 InversionMethod = Literal["ddim", "fixed_point", "ddpm"]
@@ -95,7 +95,7 @@ class Latent:
 class DDIM:
     """DDIM over the model's own noise schedule with `num_steps` steps (eta = 0; eta = 1 for ddpm latents)."""
 
-    def __init__(self, model: HSpaceUNet, num_steps: int = 50):
+    def __init__(self, model: HSpaceModel, num_steps: int = 50):
         if not 1 <= num_steps <= model.num_train_timesteps:
             raise ValueError(f"num_steps={num_steps} must be in [1, {model.num_train_timesteps}]")
         kwargs = dict(set_alpha_to_one=True, timestep_spacing="leading", steps_offset=0)

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 import lit_hspace
-from lit_hspace.hspace import HSpaceUNet
+from lit_hspace.ddim import Edit, Injection
+from lit_hspace.hspace import HSpaceModel
 
 def save_atomically(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
     """Write a safetensors file through a private temporary file renamed into place: readers (and other
@@ -61,7 +61,7 @@ class DiscoveryKey:
     content: str = ""  # input images: a digest of the pixels, so two files with one name never share a set
 
     @classmethod
-    def of(cls, model: HSpaceUNet, t: int, num_steps: int, latent: str, method: str, method_params: dict,
+    def of(cls, model: HSpaceModel, t: int, num_steps: int, latent: str, method: str, method_params: dict,
            regions: list[dict], masks: str, seed: int, image: str, content: str = "") -> DiscoveryKey:
         return cls(model.fingerprint, tuple(model.h_shape), t, num_steps, latent, method, canonical(method_params),
                    canonical(regions), masks, seed, image, content)
@@ -105,6 +105,14 @@ class DirectionSet:
             raise ValueError(f"direction set of image '{self.meta.get('image')}' has no direction named '{name}' (its names: {have})")
         return found[0]
 
+    def edit(self, direction: int | str, strength: float, injection: Injection = "x0_and_direction") -> Edit:
+        """The edit h <- h + strength * direction (an index, or a name) from the timestep the set was found at:
+        `ddim.sample(latent, edit=dset.edit(0, 25))`."""
+        index = self.index_of(direction) if isinstance(direction, str) else direction
+        if not 0 <= index < len(self.labels):
+            raise ValueError(f"direction index {index} does not exist: the set has {len(self.labels)} directions (0 .. {len(self.labels) - 1})")
+        return Edit(strength * self.directions[index : index + 1], int(self.meta["t"]), injection)
+
     def with_names(self, names: dict[int, str]) -> DirectionSet:
         """This set with `names` added to its names (index -> name)."""
         for i, name in names.items():
@@ -138,8 +146,12 @@ class DirectionSet:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"direction set '{path}' does not exist")
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("lit_hspace")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                raw = (f.metadata() or {}).get("lit_hspace")
+        except Exception as err:  # safetensors' own words ("header too small") do not say what the file is not
+            raise ValueError(f"'{path}' is not a direction set: it is not a safetensors file ({err}); direction sets are "
+                             "the .safetensors files a run writes into its directions/ folder") from None
         if raw is None:
             raise ValueError(f"'{path}' is a safetensors file but not a lit_hspace direction set")
         meta = json.loads(raw)
@@ -147,7 +159,7 @@ class DirectionSet:
         labels = meta.pop("labels")
         return cls(tensors["directions"], tensors["singular_values"], labels, tensors["x_t"], meta)
 
-    def check_fits(self, model: HSpaceUNet) -> None:
+    def check_fits(self, model: HSpaceModel) -> None:
         """Refuse to apply this set to a model it was not made for."""
         made_for = f"{self.meta.get('model')} (h-space {tuple(self.meta.get('h_shape', ()))}, fingerprint {self.meta.get('model_fingerprint')})"
         this = f"{model.name} (h-space {model.h_shape}, fingerprint {model.fingerprint})"

@@ -1,14 +1,18 @@
-"""A frozen diffusers UNet2DModel split at its bottleneck: h-space is the mid-block output.
+"""The h-space model interface, and its first implementation: a frozen diffusers UNet2DModel split at its
+bottleneck, h = the mid-block output.
 
-The part before h (time embedding, down path, mid block) runs once per image and timestep;
-its skip activations are kept in an `Encoded` state so that Jacobian products and edits only
-run the part after h (up path and output head).
+The rest of lit_hspace sees only `HSpaceModel`: encode an image at a timestep to h and the state the part after h
+needs (`Encoded`), decode h to the noise prediction, the image, h and output shapes, the noise schedule, a
+fingerprint of the weights, a name, dtype and device, and the decoder's blocks (where automatic regions read
+features). The part before h runs once per image and timestep; Jacobian products and edits run only the part after h.
+`load_model` turns a model name or path into one.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+from abc import ABC, abstractmethod
 import json
 import os
 from dataclasses import dataclass
@@ -72,8 +76,60 @@ class Encoded:
         return Encoded(rep(self.h), tuple(rep(s) for s in self.skips), rep(self.emb), rep(self.timesteps))
 
 
-class HSpaceUNet(nn.Module):
-    """A frozen UNet2DModel with its noise schedule, split at h = mid_block output."""
+class HSpaceModel(nn.Module, ABC):
+    """A frozen diffusion model split at h: what discovery, inversion, editing, segmentation and metrics need of it.
+
+    Attributes every implementation sets: `name`; `image_shape` (C, H, W) of what the sampler denoises;
+    `h_shape`; `output_shape` (C, H, W) of the noise prediction that `decode` returns (the Jacobian's rows);
+    `scheduler_config` (a diffusers DDPMScheduler config); `num_train_timesteps`.
+    """
+
+    name: str
+    image_shape: tuple[int, int, int]
+    h_shape: tuple[int, ...]
+    output_shape: tuple[int, int, int]
+    scheduler_config: dict
+    num_train_timesteps: int
+
+    @abstractmethod
+    def encode(self, sample: Tensor, timestep: int | Tensor) -> Encoded:
+        """The part before h: h and what the part after h needs."""
+
+    @abstractmethod
+    def decode(self, h: Tensor, enc: Encoded) -> Tensor:
+        """The part after h: the noise prediction, `output_shape` per image."""
+
+    @property
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A short hash of the architecture, the schedule and every weight: stored sets and cache entries trust it."""
+
+    @property
+    @abstractmethod
+    def decoder_blocks(self) -> list[nn.Module]:
+        """The blocks of the part after h, in order (their outputs are the features automatic regions read)."""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def forward(self, sample: Tensor, timestep: int | Tensor, delta_h: Tensor | None = None) -> Tensor:
+        """The noise prediction with h shifted by `delta_h` (broadcast over the batch)."""
+        enc = self.encode(sample, timestep)
+        return self.decode(enc.h if delta_h is None else enc.h + delta_h, enc)
+
+
+class _ReachedH(Exception):
+    """Raised by the hook at h to stop diffusers' forward there: the part after h is not needed to encode."""
+
+
+class HSpaceUNet(HSpaceModel):
+    """A frozen diffusers UNet2DModel with its noise schedule, split at h = mid_block output. `encode` runs
+    diffusers' own forward up to h (hooks collect the skips, the embedding and h); `decode` runs the up path."""
 
     def __init__(self, unet: UNet2DModel, scheduler_config: dict, name: str):
         super().__init__()
@@ -84,8 +140,14 @@ class HSpaceUNet(nn.Module):
         down = 2 ** (len(cfg.block_out_channels) - 1)
         self.h_shape = (cfg.block_out_channels[-1], cfg.sample_size // down, cfg.sample_size // down)
         self.image_shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
-        self.output_shape = (cfg.out_channels, cfg.sample_size, cfg.sample_size)
+        # The noise prediction: models with a learned variance (OpenAI's learn_sigma) output more channels than
+        # they take, the noise first; decode returns the noise alone.
+        self.output_shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
         self.num_train_timesteps = int(self.scheduler_config.get("num_train_timesteps", 1000))
+
+    @property
+    def decoder_blocks(self) -> list[nn.Module]:
+        return list(self.unet.up_blocks)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str) -> HSpaceUNet:
@@ -99,6 +161,19 @@ class HSpaceUNet(nn.Module):
             return cls(UNet2DModel(**BUILTIN_MODELS[name_or_path]), DDPMScheduler().config, name_or_path)
         if Path(name_or_path).is_dir():
             return cls._from_local_dir(Path(name_or_path))
+        path = Path(name_or_path)
+        if path.suffix in (".pt", ".pth", ".ckpt", ".bin"):  # other codebases' checkpoints, as their repositories ship them
+            how = (
+                "convert it first with `python -m lit_hspace.convert adm FILE --preset NAME --out DIR` (OpenAI-format .pt: "
+                "guided-diffusion, improved-diffusion, P2-weighting; presets: `python -m lit_hspace.convert adm --list`) or "
+                "`python -m lit_hspace.convert ddim FILE --out DIR` (DDIM-repo/SDEdit .ckpt), then pass DIR as the model "
+                "(docs/models.md)"
+            )
+            if not path.is_file():
+                raise FileNotFoundError(f"'{path}' does not exist (and a checkpoint file must be converted first: {how})")
+            raise ValueError(f"'{path}' is a checkpoint file, not a diffusers model directory: {how}")
+        if path.is_file():
+            raise ValueError(f"'{path}' is a file: give the diffusers model directory that holds config.json")
         if "/" not in name_or_path:  # every diffusers UNet on the Hub is "owner/name"
             raise ValueError(
                 f"unknown model '{name_or_path}': built-in models are {', '.join(KNOWN_NAMES)}; "
@@ -158,28 +233,33 @@ class HSpaceUNet(nn.Module):
         return digest.hexdigest()[:16]
 
     def encode(self, sample: Tensor, timestep: int | Tensor) -> Encoded:
-        """The part before h (UNet2DModel.forward, steps 0-4)."""
+        """The part before h: UNet2DModel.forward itself, stopped at h by a hook; hooks keep the skips (conv_in's
+        output, then each down block's), the embedding the mid block gets, and h."""
         unet = self.unet
-        if unet.config.center_input_sample:
-            sample = 2 * sample - 1.0
-        timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
-        emb = unet.time_embedding(unet.time_proj(timesteps).to(dtype=unet.dtype))
         if unet.class_embedding is not None:
             raise ValueError("class-conditional UNets are not supported: h-space editing needs an unconditional model")
-        skip_sample = sample
-        sample = unet.conv_in(sample)
-        skips = (sample,)
-        for block in unet.down_blocks:
-            if hasattr(block, "skip_conv"):
-                sample, res, skip_sample = block(hidden_states=sample, temb=emb, skip_sample=skip_sample)
-            else:
-                sample, res = block(hidden_states=sample, temb=emb)
-            skips += res
-        h = unet.mid_block(sample, emb)
-        return Encoded(h, skips, emb, timesteps)
+        timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
+        skips: list[Tensor] = []
+        found: dict[str, Tensor] = {}
+
+        def at_h(_module, args, h):
+            found["emb"], found["h"] = args[1], h
+            raise _ReachedH
+
+        hooks = [unet.conv_in.register_forward_hook(lambda _m, _a, out: skips.append(out))]
+        hooks += [block.register_forward_hook(lambda _m, _a, out: skips.extend(out[1])) for block in unet.down_blocks]
+        hooks.append(unet.mid_block.register_forward_hook(at_h))
+        try:
+            unet(sample, timesteps)
+        except _ReachedH:
+            pass
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return Encoded(found["h"], tuple(skips), found["emb"], timesteps)
 
     def decode(self, h: Tensor, enc: Encoded) -> Tensor:
-        """The part after h (UNet2DModel.forward, steps 5-6): the noise prediction."""
+        """The part after h (UNet2DModel.forward, steps 5-6): the noise prediction (in_channels channels)."""
         unet = self.unet
         skips, skip_sample, sample = enc.skips, None, h
         for block in unet.up_blocks:
@@ -193,9 +273,11 @@ class HSpaceUNet(nn.Module):
             sample = sample + skip_sample
         if unet.config.time_embedding_type == "fourier":
             sample = sample / enc.timesteps.reshape(-1, 1, 1, 1)
+        if unet.config.out_channels > unet.config.in_channels:
+            sample = sample[:, : unet.config.in_channels]  # learned variance after the noise: keep the noise
         return sample
 
-    def forward(self, sample: Tensor, timestep: int | Tensor, delta_h: Tensor | None = None) -> Tensor:
-        """The noise prediction with h shifted by `delta_h` (broadcast over the batch)."""
-        enc = self.encode(sample, timestep)
-        return self.decode(enc.h if delta_h is None else enc.h + delta_h, enc)
+
+def load_model(name_or_path: str) -> HSpaceModel:
+    """The h-space model a config names: a built-in model, a local diffusers directory or a Hub id (HSpaceUNet)."""
+    return HSpaceUNet.from_pretrained(name_or_path)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lit_hspace.hspace import Encoded, HSpaceUNet
+from lit_hspace.hspace import Encoded, HSpaceModel
 
 logger = logging.getLogger("lit_hspace")
 
@@ -64,7 +64,7 @@ class JacobianOperator:
         self._out_shape: tuple[int, ...] | None = None
 
     @classmethod
-    def of_decoder(cls, model: HSpaceUNet, enc: Encoded, chunk_size: int | None = None) -> JacobianOperator:
+    def of_decoder(cls, model: HSpaceModel, enc: Encoded, chunk_size: int | None = None) -> JacobianOperator:
         """The Jacobian of the part after h, at the h of a batch-1 encoding."""
         return cls(lambda h: model.decode(h, enc.expand(h.shape[0])), enc.h, chunk_size)
 

@@ -251,7 +251,7 @@ class IdentitySimilarity(nn.Module):
         how = (
             "It is part of insightface's buffalo_l model pack: where there is network run "
             "`python -c \"import insightface; insightface.app.FaceAnalysis(name='buffalo_l')\"`, "
-            f"then copy ~/.insightface/models/buffalo_l/ here."
+            "then copy ~/.insightface/models/buffalo_l/ here."
         )
         self.arcface = get_model(str(require_file(Path(model_file), "id", how)))
         if not isinstance(self.arcface, ArcFaceONNX):

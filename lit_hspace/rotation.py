@@ -5,7 +5,7 @@ factors whose own effects overlap in pixels (a mouth that opens and lips that re
 come out as mixtures, each direction moving both. Varimax (Kaiser 1958) rotates the directions so that each one's
 effect is concentrated on few output entries and near zero elsewhere ("simple structure"), which separates such
 factors without any labels: on the built-in faces it lifts how often a set's mouth directions move their named
-factor most on unseen faces (docs/solvers.md, "Rotated directions").
+factor most on unseen faces (docs/solvers.md, "Rotated directions: varimax"; experiments/transfer).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lit_hspace.directions import DirectionSet, DiscoveryKey
-from lit_hspace.hspace import HSpaceUNet
+from lit_hspace.hspace import HSpaceModel
 from lit_hspace.layout import DirectionOrigin, RunLayout
 
 
@@ -26,7 +26,7 @@ class DirectionStore:
     Given sets are loaded and checked (model, asked-for names) when the store is opened, before any compute.
     """
 
-    def __init__(self, given: str | None, model: HSpaceUNet, names: tuple[str, ...] | None = None):
+    def __init__(self, given: str | None, model: HSpaceModel, names: tuple[str, ...] | None = None):
         self.given: dict[str, Stored] = {}
         self.one_for_all = given is not None and Path(given).is_file()
         if given is None:

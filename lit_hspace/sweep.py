@@ -77,8 +77,7 @@ def parse_error(args: list[str]) -> str | None:
         except SystemExit as exit_:
             if exit_.code not in (0, None):
                 lines = [line.strip() for line in errors.getvalue().splitlines()]
-                reasons = [line for line in lines if "not accepted" in line or "Unrecognized" in line]
-                return (reasons or [line for line in lines if line.startswith("error:")] or [f"exit code {exit_.code}"])[0]
+                return ([line.removeprefix("error: ") for line in lines if line.startswith("error:")] or [f"exit code {exit_.code}"])[0]
     return None
 
 

@@ -13,13 +13,14 @@ from conftest import tiny_unet, write_config, write_sweep
 from lit_hspace import sweep
 from lit_hspace.cli import main as cli
 from lit_hspace.cache import DiscoveryCache, tensor_digest
-from lit_hspace.ddim import Inversion
+from lit_hspace.ddim import Inversion, Latent
 from lit_hspace.directions import DirectionSet, DiscoveryKey
 from lit_hspace.discovery import discover
 from lit_hspace.hspace import HSpaceUNet
 from lit_hspace.jacobian import principal_angle_sine
 from lit_hspace.methods import JIVE, RBE, Haas, Rayleigh
-from lit_hspace.module import HSpaceEditor, ImageItem
+from lit_hspace.discovery import ImageItem
+from lit_hspace.module import HSpaceEditor
 from lit_hspace.regions import Region, grown_mask, region_masks
 from lit_hspace.settings import DiffusionSettings, DiscoverySettings
 
@@ -34,7 +35,7 @@ def run(model, method, regions=(MOUTH,), cache=None, t=600, seed=0, latent=None)
     regions = list(regions)
     masks = region_masks(regions, 16)
     key = DiscoveryKey.of(model, t, 50, "seed", method.name, method.params(), [r.name for r in regions], tensor_digest(masks), seed, "img0")
-    return discover(model, method, regions, masks, x_t() if latent is None else latent, key, cache=cache)
+    return discover(model, method, regions, masks, Latent(x_t() if latent is None else latent, t, False), key, cache=cache)
 
 
 def solves(dset: DirectionSet) -> tuple[int, int]:
@@ -105,16 +106,16 @@ def test_latents_hit_for_the_same_inversion_and_miss_for_another(tiny_model_dir,
                             discovery=DiscoverySettings(cache=str(tmp_path)))
 
     fixed = editor(Inversion("fixed_point"))
-    first = fixed.latent(item)
-    again = editor(Inversion("fixed_point")).latent(item)
+    first = fixed.images.latent(item)
+    again = editor(Inversion("fixed_point")).images.latent(item)
     assert torch.equal(again.x, first.x) and again.residual == first.residual and again.clip is False
-    assert torch.equal(first.x, fixed.compute_latent(item).x)
+    assert torch.equal(first.x, fixed.images.compute_latent(item).x)
     other = editor(Inversion("ddim"))
-    assert not torch.equal(other.latent(item).x, first.x)
-    assert torch.equal(other.latent(item).x, other.compute_latent(item).x)
+    assert not torch.equal(other.images.latent(item).x, first.x)
+    assert torch.equal(other.images.latent(item).x, other.images.compute_latent(item).x)
     ddpm = editor(Inversion("ddpm"))
-    stored = ddpm.latent(item)
-    hit = editor(Inversion("ddpm")).latent(item)  # the noise maps come back with the latent
+    stored = ddpm.images.latent(item)
+    hit = editor(Inversion("ddpm")).images.latent(item)  # the noise maps come back with the latent
     assert torch.equal(hit.noise, stored.noise) and torch.equal(hit.x, stored.x)
     assert len(list((tmp_path / "latents").glob("*.safetensors"))) == 3
 
@@ -130,31 +131,31 @@ def test_automatic_parts_hit_for_the_same_latent_and_settings_and_miss_for_other
                             discovery=DiscoverySettings(cache=str(tmp_path)))
 
     first = editor(Segmentation(parts=4))
-    latent = first.latent(item)
-    masks, parts = first.image_masks(latent, item.id)
+    latent = first.images.latent(item)
+    masks, parts = first.images.image_masks(latent, item.id)
     expected = auto_regions(first.ddim, latent, None, Segmentation(parts=4))
     assert [(p.name, p.share) for p in parts] == [(p.name, p.share) for p in expected]
     assert all(torch.equal(p.mask, q.mask) for p, q in zip(parts, expected))
 
     again = editor(Segmentation(parts=4))
-    hits = again.cache.counts.hits
-    masks_again, parts_again = again.image_masks(again.latent(item), item.id)
-    assert again.cache.counts.hits == hits + 2 and again.cache.counts.computed == 0  # the latent and the parts
+    hits = again.images.cache.counts.hits
+    masks_again, parts_again = again.images.image_masks(again.images.latent(item), item.id)
+    assert again.images.cache.counts.hits == hits + 2 and again.images.cache.counts.computed == 0  # the latent and the parts
     assert torch.equal(masks_again, masks) and all(p.mask.dtype == q.mask.dtype for p, q in zip(parts_again, parts))
     assert [(p.name, p.share) for p in parts_again] == [(p.name, p.share) for p in parts]
 
     grown = editor(Segmentation(parts=4, grow=1))  # parts are stored before any margin: one entry serves every grow
-    hits = grown.cache.counts.hits
-    masks_grown, parts_grown = grown.image_masks(grown.latent(item), item.id)
-    assert grown.cache.counts.hits == hits + 2 and grown.cache.counts.computed == 0
+    hits = grown.images.cache.counts.hits
+    masks_grown, parts_grown = grown.images.image_masks(grown.images.latent(item), item.id)
+    assert grown.images.cache.counts.hits == hits + 2 and grown.images.cache.counts.computed == 0
     assert torch.equal(masks_grown[0], grown_mask(masks[0], 1))  # one region: nothing to grow apart from
     # The parts a run writes are the ones discovery saw: its region with its margin, the others as found.
     assert parts_grown[0].name == "part0" and torch.equal(parts_grown[0].mask, masks_grown[0]) and not torch.equal(parts_grown[0].mask, parts[0].mask)
     assert all(torch.equal(p.mask, q.mask) for p, q in zip(parts_grown[1:], parts[1:]))
 
     other = editor(Segmentation(parts=5, connected=False))  # another setting: computed, never the stored parts
-    _, parts_other = other.image_masks(other.latent(item), item.id)
-    assert other.cache.counts.computed == 1 and len(parts_other) == 5
+    _, parts_other = other.images.image_masks(other.images.latent(item), item.id)
+    assert other.images.cache.counts.computed == 1 and len(parts_other) == 5
     assert len(list((tmp_path / "parts").glob("*.safetensors"))) == 2
 
 

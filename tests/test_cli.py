@@ -16,7 +16,9 @@ from lit_hspace.directions import DirectionSet
 from lit_hspace.methods import JIVE, Haas
 from lit_hspace.regions import Region
 from lit_hspace.jacobian import principal_angle_sine
-from lit_hspace.module import HSpaceEditor, ImageItem
+from lit_hspace.discovery import ImageItem
+from lit_hspace.module import HSpaceEditor
+from lit_hspace.ddim import Latent
 from lit_hspace.discovery import discover
 from lit_hspace.figures import FONT_SIZE, PAD
 from lit_hspace.layout import DirectionOrigin, RunLayout, RunManifest
@@ -60,7 +62,7 @@ def test_predict_then_test_reuses_directions_and_writes_a_run(tmp_path, tiny_mod
         edited = read_png(images / f"d{d:02d}_mouth_a{float(row['strength']):+g}.png")
         inside = ((edited - reconstruction) ** 2 * mask).sum() / (3 * mask.sum())
         assert abs(float(row["mse_inside"]) - inside.item()) < 2e-4 + 0.02 * inside.item()
-    torch.testing.assert_close(read_png(images / f"d00_mouth_a+0.png"), reconstruction, atol=0, rtol=0)
+    torch.testing.assert_close(read_png(images / "d00_mouth_a+0.png"), reconstruction, atol=0, rtol=0)
     # The input as the model sees it (centre-cropped and resized to 16 px), and the inversion's error logged.
     original = read_png(images / "input.png")
     assert original.shape == (3, 16, 16)
@@ -97,10 +99,10 @@ def test_pooled_set_of_a_batch_is_the_summed_operators_directions(tmp_path, tiny
     (stored,) = (run / "directions").glob("*.safetensors")
     assert stored.name == "seed000000+1.safetensors"
     module = cli.model
-    weights = module.fixed_masks[:1].expand(1, 3, 16, 16).reshape(-1, 1)
+    weights = module.images.fixed_masks[:1].expand(1, 3, 16, 16).reshape(-1, 1)
     explicit = []
     for seed in (0, 1):
-        enc = module.hspace.encode(module.latent(ImageItem(f"seed{seed:06d}", None, seed, None)).x, module.t)
+        enc = module.hspace.encode(module.images.latent(ImageItem(f"seed{seed:06d}", None, seed, None)).x, module.t)
         fn = lambda h: module.hspace.decode(h[None], enc)[0]  # noqa: E731
         explicit.append(weights * torch.autograd.functional.jacobian(fn, enc.h[0]).reshape(3 * 16 * 16, -1))
     stacked = torch.cat(explicit)  # (2 * 768, 1024): the two masked Jacobians, stacked
@@ -232,9 +234,9 @@ def test_out_of_memory_names_what_to_lower(tiny_model_dir, monkeypatch):
 
     monkeypatch.setattr(JacobianOperator, "_linearised", too_big)
     module = HSpaceEditor(model=str(tiny_model_dir))
-    key = module.key("img", None, module.fixed_masks)
+    key = module.images.key("img", None, module.images.fixed_masks)
     with pytest.raises(MemoryError, match=r"do not fit in memory on cpu: even one direction per product does not fit"):
-        discover(module.hspace, module.method, module.regions, module.fixed_masks, torch.zeros(1, 3, 16, 16), key, chunk_size=48)
+        discover(module.hspace, module.method, module.regions, module.images.fixed_masks, Latent(torch.zeros(1, 3, 16, 16), module.t, False), key, chunk_size=48)
 
 
 def test_images_of_another_size_are_resized_with_a_warning_or_refused(tmp_path):

@@ -52,3 +52,24 @@ def test_a_run_prints_no_advertising_or_irrelevant_warnings_and_a_zero_strength_
     manifest = json.loads((tmp_path / "runs" / "quiet" / "version_0" / "run.json").read_text())
     assert manifest["status"] == "finished" and manifest["images"] == ["seed000000"]
     assert not any(k.startswith("test/mse") for k in manifest["metrics"])
+
+
+@pytest.mark.parametrize("args, code, said", [
+    (["--model.init_args.diffusion.timesteps", "0.4"], 2,
+     "error: no setting 'model.init_args.diffusion.timesteps'; did you mean model.init_args.diffusion.timestep"),
+    (["--model.init_args.edit.strengths", "50"], 2,
+     "error: model.init_args.edit.strengths: the value '50' is not accepted: expected tuple[float, ...]"),
+    (["--model.init_args.regions", "mouth"], 2, "error: model.init_args.regions: the value 'mouth' is not accepted"),
+    (["--model.init_args.diffusion.timestep", "1.5"], 1, "error: diffusion.timestep=1.5 is outside the schedule"),
+    (["--model.init_args.discovery.directions", "{notes}"], 1, "notes.txt' is not a direction set: it is not a safetensors file"),
+], ids=["typo_in_a_key", "scalar_for_a_list", "list_without_brackets", "own_check", "text_file_as_directions"])
+def test_bad_input_is_one_clear_line_without_a_traceback(args, code, said, tmp_path, tiny_model_dir):
+    """As a user sees it: the key (and the nearest keys, or what is allowed) in one line, no usage dump, no traceback."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a direction set")
+    config = write_config(tmp_path, tiny_model_dir, {"class_path": "lit_hspace.methods.Haas", "init_args": {"k": 2}}, {"seeds": [0]})
+    done = run_cli("test", "--config", str(config), *[a.format(notes=notes) for a in args], cwd=tmp_path)
+    assert done.returncode == code
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and said in errors[0], done.stderr
+    assert "Traceback" not in done.stderr and "usage:" not in done.stderr and "Union subtypes" not in done.stderr

@@ -167,3 +167,38 @@ def test_explicit_chunk_size_wins_and_must_be_positive(tiny_model, encoded):
     assert not JacobianOperator.of_decoder(tiny_model, encoded, chunk_size=5)._measure
     with pytest.raises(ValueError, match="chunk_size=0"):
         JacobianOperator.of_decoder(tiny_model, encoded, chunk_size=0)
+
+
+SPLIT_CASES = {
+    "plain": dict(down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D")),
+    "skip": dict(down_block_types=("SkipDownBlock2D", "AttnSkipDownBlock2D"), up_block_types=("AttnSkipUpBlock2D", "SkipUpBlock2D"),
+                 block_out_channels=(32, 32)),  # their group norms take 32 groups whatever the config says
+    "resnet_sampling": dict(down_block_types=("ResnetDownsampleBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "ResnetUpsampleBlock2D"),
+                            downsample_type="resnet", upsample_type="resnet", resnet_time_scale_shift="scale_shift"),
+    "fourier_centred": dict(down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                            time_embedding_type="fourier", center_input_sample=True),
+    "learned_variance": dict(down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"), out_channels=6),
+}
+
+
+@pytest.mark.parametrize("case", list(SPLIT_CASES), ids=list(SPLIT_CASES))
+def test_split_equals_diffusers_forward_on_every_block_type(case):
+    """encode (diffusers' own forward stopped at h) then decode (the up path) is UNet2DModel.forward, on each kind of
+    block UNet2DModel has; with a learned variance, the noise prediction is its first channels."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from lit_hspace.hspace import HSpaceUNet
+
+    torch.manual_seed(0)
+    config = dict(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, attention_head_dim=8) | SPLIT_CASES[case]
+    unet = UNet2DModel(**config)
+    model = HSpaceUNet(unet, DDPMScheduler().config, case)
+    x = torch.randn(2, 3, 16, 16)
+    expected = unet(x, 321).sample[:, :3]
+    torch.testing.assert_close(model(x, 321), expected, rtol=1e-5, atol=1e-6)
+    mid = []
+    hook = unet.mid_block.register_forward_hook(lambda _m, _a, out: mid.append(out))
+    unet(x, 321)
+    hook.remove()
+    torch.testing.assert_close(model.encode(x, 321).h, mid[0], rtol=0, atol=0)
+    assert model.output_shape == (3, 16, 16) and model.decode(model.encode(x, 321).h, model.encode(x, 321)).shape == (2, 3, 16, 16)

@@ -1,6 +1,5 @@
 """The report: method table from metrics.json, ablation figures from run outputs, refusal of mixed models."""
 
-import json
 
 import numpy as np
 import pytest

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lit_hspace.jacobian import JacobianOperator
-from lit_hspace.methods import RBE, Directions, Haas, Rayleigh, rotated
+from lit_hspace.method import Directions, rotated
+from lit_hspace.methods import RBE, Haas, Rayleigh
 from lit_hspace.regions import Region, region_masks
 from lit_hspace.rotation import varimax
 

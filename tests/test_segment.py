@@ -391,7 +391,7 @@ def test_a_run_discovers_and_edits_on_automatic_regions(tmp_path, tiny_model_dir
     from lit_hspace.cli import main
     from lit_hspace.directions import DirectionSet
     from lit_hspace.jacobian import principal_angle_sine
-    from lit_hspace.module import ImageItem
+    from lit_hspace.discovery import ImageItem
     from lit_hspace.report import main as report
 
 
@@ -404,7 +404,7 @@ def test_a_run_discovers_and_edits_on_automatic_regions(tmp_path, tiny_model_dir
     masks = []
     for seed in (3, 4):
         image_id = f"seed{seed:06d}"
-        latent = module.latent(ImageItem(image_id, None, seed, None))
+        latent = module.images.latent(ImageItem(image_id, None, seed, None))
         (mask,) = image_masks(module.ddim, latent, module.regions, None, Segmentation(parts=4))
         masks.append(mask)
         written = read_png(run / "images" / image_id / "parts" / "part0.png")[:1] > 0.5
@@ -435,7 +435,7 @@ def test_a_run_discovers_and_edits_on_automatic_regions(tmp_path, tiny_model_dir
     predicted = tmp_path / "runs" / "auto" / "version_3"
     for seed in (3, 4):
         image_id = f"seed{seed:06d}"
-        latent = module.latent(ImageItem(image_id, None, seed, None))
+        latent = module.images.latent(ImageItem(image_id, None, seed, None))
         (mask,) = image_masks(module.ddim, latent, module.regions, None, Segmentation(parts=6))
         written = read_png(predicted / "images" / image_id / "parts" / "part0.png")[:1] > 0.5
         assert torch.equal(written.float(), mask)

@@ -42,7 +42,7 @@ def test_expansion_puts_the_config_first_and_writes_lists_as_json():
 def test_unknown_key_stops_the_sweep_before_any_run(tmp_path, tiny_model_dir, monkeypatch):
     config = write_config(tmp_path, tiny_model_dir, {"class_path": "lit_hspace.methods.Haas", "init_args": {"k": 2}}, {"seeds": [0]})
     path = write_sweep(tmp_path / "bad.yaml", config, {"model.init_args.diffusion.timestep": [0.4], "model.init_args.timestamp": [0.2]})
-    with pytest.raises(ValueError, match=r"sweep key 'model.init_args.timestamp' is not accepted by the CLI \(Option 'timestamp'"):
+    with pytest.raises(ValueError, match=r"sweep key 'model.init_args.timestamp' is not accepted by the CLI \(no setting 'model.init_args.timestamp'"):
         sweep.main([path])
     assert not (tmp_path / "runs").exists()
 

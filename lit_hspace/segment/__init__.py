@@ -24,9 +24,11 @@ from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
 from lit_hspace.ddim import DDIM, Latent
-from lit_hspace.hspace import Encoded, HSpaceUNet
-from lit_hspace.jacobian import JacobianOperator, subspace_iteration
+from lit_hspace.hspace import HSpaceModel
+from lit_hspace.jacobian import JacobianOperator
 from lit_hspace.regions import PRESETS, Region, check_grow, grown_apart, grown_mask
+from lit_hspace.segment.clustering import check_parts, connected_pieces, kmeans, label_masks, principal_components
+from lit_hspace.segment.features import check_blocks, decoder_features, jacobian_features, resize, unit_mean_norm, with_position
 
 Signal = Literal["jacobian", "decoder", "both"]
 SIGNALS: tuple[str, ...] = ("jacobian", "decoder", "both")
@@ -113,140 +115,14 @@ class AutoRegion:
         return Region(self.name, mask=mask_path)
 
 
-def check_parts(parts: int, pixels: int) -> None:
-    if not 2 <= parts <= pixels:
-        raise ValueError(f"parts={parts}: an image of {pixels} pixels splits into 2 .. {pixels} parts")
-
-
 def check_preset(preset: str | None) -> None:
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset '{preset}': presets are {', '.join(PRESETS)} (or none)")
 
 
-def check_blocks(blocks: tuple[int, ...], count: int) -> None:
-    bad = [i for i in blocks if not -count <= i < count]
-    if bad:
-        raise ValueError(f"segmentation.blocks {bad}: this UNet has {count} up blocks, indices {-count} .. {count - 1}")
-
-
 def check_signal(signal: str) -> None:
     if signal not in SIGNALS:
         raise ValueError(f"unknown signal '{signal}': choose one of {', '.join(SIGNALS)}")
-
-
-def jacobian_features(jac: JacobianOperator, k: int, generator: torch.Generator | None = None, **iteration) -> Tensor:
-    """(C * k, H, W): each pixel's Jacobian rows projected on the top-k right singular vectors, J V = U S."""
-    svd = subspace_iteration(jac, k, generator=generator, **iteration)
-    responses = jac.jvp(svd.vectors[0].reshape(k, *jac.in_shape)).detach()  # (k, C, H, W)
-    return responses.flatten(0, 1)
-
-
-@torch.no_grad()
-def decoder_features(model: HSpaceUNet, enc: Encoded, size: tuple[int, int] | None = None, blocks: tuple[int, ...] = ()) -> Tensor:
-    """(D, H, W): the outputs at x_t of the up blocks `blocks` (indices, negative from the end; empty: all),
-    resized to `size` (default: the output size; bilinear up, area-averaged down), each block at unit mean norm."""
-    up_blocks = list(model.unet.up_blocks)
-    check_blocks(blocks, len(up_blocks))
-    chosen = [up_blocks[i] for i in blocks] if blocks else up_blocks
-    outputs: list[Tensor] = []
-    hooks = [block.register_forward_hook(lambda _m, _a, out: outputs.append(out)) for block in chosen]
-    try:
-        model.decode(enc.h, enc)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    size = size or tuple(model.output_shape[-2:])
-    maps = [resize(out[0] if isinstance(out, tuple) else out, size)[0] for out in outputs]
-    return torch.cat([unit_mean_norm(m) for m in maps])
-
-
-def resize(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """(B, D, h, w) maps at `size`: bilinear where they grow, area-averaged where they shrink."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    return F.interpolate(maps, size=size, mode="area" if maps.shape[-1] > size[-1] else "bilinear")
-
-
-def unit_mean_norm(features: Tensor) -> Tensor:
-    """(D, H, W) centred over pixels and scaled so that the mean pixel feature has norm 1."""
-    centred = features - features.mean((1, 2), keepdim=True)
-    return centred / centred.norm(dim=0).mean().clamp(min=1e-12)
-
-
-def with_position(features: Tensor, weight: float) -> Tensor:
-    """Append the pixel coordinates in [-1, 1], times `weight`, to (D, H, W) features at unit mean norm."""
-    _, height, width = features.shape
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
-    position = torch.stack([ys, xs]).to(features) * weight
-    return torch.cat([unit_mean_norm(features), position])
-
-
-def kmeans(points: Tensor, k: int, seed: int = 0, restarts: int = 4, max_iter: int = 100) -> Tensor:
-    """Cluster labels (n,) of (n, d) points: Lloyd's algorithm from k-means++ seeds, the best of `restarts`
-    by inertia, reproducible from `seed`. Labels are ordered by first appearance (raster order)."""
-    check_parts(k, len(points))
-    points = points.double()
-    generator = torch.Generator().manual_seed(seed)
-    best, best_inertia = None, float("inf")
-    for _ in range(restarts):
-        centres = kmeans_plus_plus(points, k, generator)
-        for _ in range(max_iter):
-            labels = torch.cdist(points, centres).argmin(1)
-            counts = torch.bincount(labels, minlength=k).to(points)
-            sums = torch.zeros_like(centres).index_add_(0, labels, points)
-            # An emptied cluster keeps its centre.
-            new = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centres)
-            if torch.equal(new, centres):
-                break
-            centres = new
-        labels = torch.cdist(points, centres).argmin(1)
-        inertia = (points - centres[labels]).pow(2).sum().item()
-        if inertia < best_inertia:
-            best, best_inertia = labels, inertia
-    # Renumber clusters by first appearance in raster order (clusters left empty take the last numbers).
-    order = list(dict.fromkeys(best.tolist()))
-    order += [c for c in range(k) if c not in order]
-    renumber = torch.empty(k, dtype=torch.long)
-    renumber[torch.tensor(order)] = torch.arange(k)
-    return renumber[best]
-
-
-def kmeans_plus_plus(points: Tensor, k: int, generator: torch.Generator) -> Tensor:
-    """k initial centres: the first uniformly, each next one with probability proportional to its squared
-    distance to the nearest centre so far (Arthur and Vassilvitskii 2007)."""
-    centres = points[torch.randint(len(points), (1,), generator=generator)]
-    nearest = torch.cdist(points, centres)[:, 0].pow(2)
-    for _ in range(k - 1):
-        weights = nearest if nearest.sum() > 0 else torch.ones_like(nearest)
-        pick = torch.multinomial(weights, 1, generator=generator)
-        centres = torch.cat([centres, points[pick]])
-        nearest = torch.minimum(nearest, torch.cdist(points, points[pick])[:, 0].pow(2))
-    return centres
-
-
-def label_masks(labels: Tensor, parts: int, height: int, width: int) -> Tensor:
-    """(parts, 1, H, W) 0/1 masks from raster-order labels (n,)."""
-    return F.one_hot(labels, parts).T.reshape(parts, 1, height, width).float()
-
-
-def connected_pieces(masks: Tensor) -> Tensor:
-    """(Q, 1, H, W): every 0/1 mask of `masks` (P, 1, H, W) split into its 4-connected pieces, mask by mask, each
-    mask's pieces in the order of their last pixel in raster order. Labels spread by a maximum over each pixel's
-    four neighbours inside the mask until nothing changes."""
-    pieces = []
-    for mask in masks:
-        inside = mask[0] > 0
-        height, width = inside.shape
-        labels = torch.where(inside, torch.arange(1, height * width + 1, dtype=torch.float32).reshape(height, width), 0.0)
-        while True:
-            padded = F.pad(labels, (1, 1, 1, 1))
-            spread = torch.stack([labels, padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]).amax(0)
-            spread = torch.where(inside, spread, 0.0)
-            if torch.equal(spread, labels):
-                break
-            labels = spread
-        pieces += [(labels == label).to(mask)[None] for label in labels.unique() if label > 0]
-    return torch.stack(pieces)
 
 
 def iou(a: Tensor, b: Tensor) -> float:
@@ -283,14 +159,6 @@ def name_parts(masks: Tensor, preset: str | None, min_share: float = 0.5) -> lis
             mask = torch.stack(parts).amax(0)
             regions.append(AutoRegion(name, mask, (mask * boxes[name]).sum().item() / mask.sum().item()))
     return regions + unnamed
-
-
-def principal_components(features: Tensor, components: int) -> Tensor:
-    """(min(components, D), H, W): the pixels' (D, H, W) features projected on their top principal axes."""
-    points = features.flatten(1).T
-    points = points - points.mean(0)
-    _, _, axes = torch.linalg.svd(points, full_matrices=False)
-    return (points @ axes[:components].T).T.reshape(-1, *features.shape[1:])
 
 
 def segment_features(
@@ -360,12 +228,12 @@ def check_segmentation(ddim: DDIM, settings: Segmentation, edit_t: int) -> tuple
     exist, the segmentation timestep lies at or below the edit's. Returns the grid and that timestep."""
     model = ddim.model
     grid = cluster_grid(settings, *model.output_shape[-2:])
-    check_blocks(settings.blocks, len(model.unet.up_blocks))
+    check_blocks(settings.blocks, len(model.decoder_blocks))
     return grid, check_timestep(ddim, settings, edit_t)
 
 
 def pixel_features(
-    model: HSpaceUNet, x_t: Tensor, t: int, settings: Segmentation = Segmentation(), chunk_size: int | None = None,
+    model: HSpaceModel, x_t: Tensor, t: int, settings: Segmentation = Segmentation(), chunk_size: int | None = None,
     size: tuple[int, int] | None = None,
 ) -> Tensor:
     """(D, H, W) features at x_t, t from `settings.signal`, on a grid of `size` (default: the output's pixels).

@@ -10,7 +10,7 @@ import torch
 
 from lit_hspace.data import ImageFiles, image_size, list_images
 from lit_hspace.ddim import DDIM, Latent
-from lit_hspace.hspace import HSpaceUNet
+from lit_hspace.hspace import HSpaceModel, load_model
 from lit_hspace.segment import SIGNALS, Segmentation, auto_regions, check_preset, check_segmentation, grown
 from lit_hspace.segment.files import write_parts
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     check_preset(args.preset)
     settings = Segmentation(parts=args.parts, signal=args.signal, timestep=args.segment_timestep, smoothing=args.smoothing, grow=args.grow)
     files = list_images(args.images) if args.images else []
-    model = HSpaceUNet.from_pretrained(args.model)
+    model = load_model(args.model)
     side = model.image_shape[-1]
     ddim = DDIM(model, args.steps)
     t = ddim.timestep_at(args.timestep)
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     return written
 
 
-def latents(model: HSpaceUNet, ddim: DDIM, t: int, files: list[Path], seeds: list[int]):
+def latents(model: HSpaceModel, ddim: DDIM, t: int, files: list[Path], seeds: list[int]):
     """(image id, image (C, H, W) in [-1, 1], its latent at t) for each file, then each seed."""
     dataset = ImageFiles(files, model.image_shape[-1])
     for i in range(len(dataset)):

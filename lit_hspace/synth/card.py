@@ -19,7 +19,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchvision.utils import make_grid, save_image
 
 from lit_hspace.ddim import DDIM
-from lit_hspace.hspace import PACKAGED_MODELS, HSpaceUNet
+from lit_hspace.hspace import PACKAGED_MODELS, HSpaceModel, load_model
 from lit_hspace.metrics import to_unit
 from lit_hspace.synth.probe import FactorProbe, ProbeFeatures, synth_batch
 
@@ -27,7 +27,7 @@ FID_SEEDS = 40_000_000  # dataset images for FID, far from the training seeds (0
 
 
 @torch.no_grad()
-def generate(model: HSpaceUNet, num: int, seed: int, steps: int = 50, batch: int = 250) -> torch.Tensor:
+def generate(model: HSpaceModel, num: int, seed: int, steps: int = 50, batch: int = 250) -> torch.Tensor:
     """num samples in [0, 1] by DDIM from seeded noise."""
     noise = torch.randn(num, *model.image_shape, generator=torch.Generator().manual_seed(seed))
     return torch.cat([to_unit(DDIM(model, steps).sample(x)) for x in noise.split(batch)])
@@ -41,7 +41,7 @@ def probe_fid(real: torch.Tensor, fake: torch.Tensor, probe: FactorProbe) -> flo
 
 
 @torch.no_grad()
-def reconstruction_error(model: HSpaceUNet, images: torch.Tensor, steps: int = 50) -> float:
+def reconstruction_error(model: HSpaceModel, images: torch.Tensor, steps: int = 50) -> float:
     """Mean absolute error (images in [0, 1]) of DDIM inversion followed by sampling."""
     ddim = DDIM(model, steps)
     return (to_unit(ddim.sample(ddim.invert(2 * images - 1))) - images).abs().mean().item()
@@ -60,7 +60,7 @@ def main() -> None:
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(args.run / "ema_unet", target)
-    model = HSpaceUNet.from_pretrained("synth-faces")
+    model = load_model("synth-faces")
     probe = FactorProbe.load()
     size = model.image_shape[-1]
 
@@ -83,7 +83,7 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     card = f"""# synth-faces: a small DDPM of synthetic faces with known local factors
 
-`HSpaceUNet.from_pretrained("synth-faces")`, or `model: synth-faces` in a config: no download.
+`lit_hspace.load_model("synth-faces")`, or `model: synth-faces` in a config: no download.
 
 - **Data**: `lit_hspace.synth.faces`, faces drawn from seeds 0 .. 99,999 at {size} x {size}, 13 independent
   factors each tied to one region (eyes, brows, mouth, nose, hair, skin, background).

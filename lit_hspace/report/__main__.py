@@ -1,0 +1,3 @@
+from lit_hspace.report import main
+
+main()
