@@ -1,16 +1,23 @@
 """lit_hspace: local semantic directions in the h-space of diffusion models (Haas et al., JIVE, RBE, Rayleigh).
 
-The core needs no Lightning: load a model, reach a latent, give regions, find directions, edit.
+The core needs no Lightning: load a model, reach a latent, give regions, find directions, edit. Its names are
+imported on first use, so that tools which only read runs (the report) load neither torch's models nor Lightning.
 """
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-from lit_hspace.ddim import DDIM, Edit, Inversion, Latent
-from lit_hspace.directions import DirectionSet
-from lit_hspace.discovery import find_directions
-from lit_hspace.hspace import HSpaceModel, HSpaceUNet, load_model
-from lit_hspace.methods import JIVE, RBE, Haas, Rayleigh
-from lit_hspace.regions import Region, region_masks, resolve_regions
+_CORE = {
+    "DDIM": "ddim", "Edit": "ddim", "Inversion": "ddim", "Latent": "ddim", "DirectionSet": "directions",
+    "find_directions": "discovery", "HSpaceModel": "hspace", "HSpaceUNet": "hspace", "load_model": "hspace",
+    "JIVE": "methods", "RBE": "methods", "Haas": "methods", "Rayleigh": "methods",
+    "Region": "regions", "region_masks": "regions", "resolve_regions": "regions",
+}
+__all__ = list(_CORE)
 
-__all__ = ["DDIM", "Edit", "Inversion", "Latent", "DirectionSet", "find_directions", "HSpaceModel", "HSpaceUNet", "load_model",
-           "JIVE", "RBE", "Haas", "Rayleigh", "Region", "region_masks", "resolve_regions"]
+
+def __getattr__(name: str):
+    if name in _CORE:
+        return getattr(import_module(f"lit_hspace.{_CORE[name]}"), name)
+    raise AttributeError(f"module 'lit_hspace' has no attribute '{name}'")

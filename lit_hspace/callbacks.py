@@ -112,6 +112,8 @@ class RunWriter(L.Callback):
         if edits.input is not None:
             save_image(to_unit(edits.input).float(), layout.input_image(edits.image_id))
         save_image(to_unit(edits.reconstruction).float(), layout.reconstruction(edits.image_id))
+        if result.latent is not None:  # the report's composition grid starts where these edits started
+            result.latent.save(layout.latent(edits.image_id))
         if result.parts is not None:
             shown = edits.input if edits.input is not None else edits.reconstruction
             write_parts(layout.parts_dir(edits.image_id), shown, result.parts)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from lit_hspace.ddim import DDIM, Edit, Inversion, Latent
+from lit_hspace.ddim import DDIM, Edit, Latent
 from lit_hspace.directions import DirectionSet
 from lit_hspace.hspace import load_model
 from lit_hspace.metrics import to_unit
@@ -26,13 +25,13 @@ def compose(layout: RunLayout, manifest: RunManifest, strengths: list[float], nu
     dset.check_fits(model)
     ddim = DDIM(model, manifest.num_steps)
     t = manifest.t
-    latent_settings = manifest.latent
-    if latent_settings["source"] == "images":  # the input again, inverted as the run did
-        pixels = torch.from_numpy(np.asarray(Image.open(layout.input_image(image)).convert("RGB"), dtype=np.float32) / 127.5 - 1)
-        inversion = Inversion(**{k: latent_settings[k] for k in ("method", "iterations", "tol", "seed")})
-        latent = ddim.invert(pixels.permute(2, 0, 1)[None], stop=t, inversion=inversion)
-    else:
+    if layout.latent(image).is_file():  # the latent the run edited, noise maps included
+        latent = Latent.load(layout.latent(image))
+    elif manifest.latent["source"] == "seeds":
         latent = Latent(dset.x_t, t, clip=ddim.clip_seeds)
+    else:
+        raise FileNotFoundError(f"run {layout.root} stored no latent of its image {image} (runs before latents were stored): "
+                                "run it again for a composition grid")
     groups = [g for g in dset.groups if g != "joint"] or dset.groups
     firsts = [dset.indices(g)[0] for g in groups] if len(groups) > 1 else dset.indices(groups[0])
     picks = firsts[:num_directions]

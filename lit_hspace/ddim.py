@@ -14,12 +14,16 @@ stop the two from being inverses); sampling from seeds clips where the checkpoin
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, get_args
 
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from lit_hspace.hspace import HSpaceModel
@@ -78,6 +82,21 @@ class Latent:
     # fixed_point: the largest over the steps of the last residual checked (the returned latent is one update
     # further, so where the iteration contracts its own residual is smaller); None for the other methods.
     residual: float | None = None
+
+    def save(self, path: Path) -> Path:
+        """The latent as a safetensors file (x, noise maps; t, clipping, residual as metadata)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"x": self.x} | ({} if self.noise is None else {"noise": self.noise})
+        facts = {"t": self.t, "clip": self.clip, "residual": self.residual}
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata={"latent": json.dumps(facts)})
+        return path
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device | str = "cpu") -> Latent:
+        with safe_open(str(path), framework="pt") as f:
+            facts = json.loads(f.metadata()["latent"])
+            tensors = {k: f.get_tensor(k).to(device) for k in f.keys()}
+        return cls(tensors["x"], facts["t"], facts["clip"], tensors.get("noise"), facts["residual"])
 
     def image(self, i: int) -> Latent:
         """Image i of the batch, as a batch of one."""

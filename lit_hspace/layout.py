@@ -6,6 +6,7 @@
         directions/<image>.safetensors      direction sets
         images/<image>/input.png            the image as the model sees it (image runs)
         images/<image>/reconstruction.png   the unedited sample from its latent
+        images/<image>/latent.safetensors   that latent: x_t and, for ddpm inversion, its noise maps
         images/<image>/d<i>_<label>_a<strength>.png   every edited image
         grids/<image>.png                   rows: directions; columns: input, reconstruction, strengths
         edits.csv                           one row per edit
@@ -66,6 +67,10 @@ class RunLayout:
 
     def input_image(self, image_id: str) -> Path:
         return self.image_dir(image_id) / "input.png"
+
+    def latent(self, image_id: str) -> Path:
+        """Where the image's edits start: x_t with its noise maps (lit_hspace.ddim.Latent.save)."""
+        return self.image_dir(image_id) / "latent.safetensors"
 
     def reconstruction(self, image_id: str) -> Path:
         return self.image_dir(image_id) / "reconstruction.png"

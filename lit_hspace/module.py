@@ -113,7 +113,8 @@ class HSpaceEditor(L.LightningModule):
         items, results = batch_items(batch), []
         for item, found in zip(items, self.images.direction_sets(items)):
             edits = self.editor.edit(item.id, found.latent, found.dset, item.image, found.masks)
-            results.append(ImageResult(edits, self.metrics(edits, item.factors), found.dset, found.origin, found.new_set, found.parts))
+            scores = self.metrics(edits, item.factors)
+            results.append(ImageResult(edits, scores, found.dset, found.origin, found.new_set, found.latent, found.parts))
         if self.metrics.factors is not None:
             # A pooled set is named from all the images it was found on; an image's own set from that image.
             for group in [results] if self.discovery.pool else [[r] for r in results]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from lit_hspace.ddim import Latent
 from lit_hspace.directions import DirectionSet
 from lit_hspace.editing import ImageEdits
 from lit_hspace.layout import DirectionOrigin
@@ -32,4 +33,5 @@ class ImageResult:
     dset: DirectionSet  # the set the image was edited with
     origin: DirectionOrigin | None  # where it came from; None: discovered in this run
     new_set: DirectionSet | None  # discovered in this run (to be stored), else None
+    latent: Latent | None = None  # where its edits start
     parts: list[AutoRegion] | None = None  # the image's automatic parts, drawn beside its grid

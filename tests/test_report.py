@@ -186,3 +186,15 @@ def test_composition_works_on_a_run_that_reused_its_directions(method_runs, tmp_
     cells, _ = compose(RunLayout(rerun), manifest, [STRENGTHS[-1]], 1)
     written = np.asarray(Image.open(haas.layout.edit_image("seed000000", 0, "mouth", STRENGTHS[-1])), dtype=np.float32) / 255
     assert np.abs(cells[(STRENGTHS[-1], 1)] - written).max() <= 1 / 255 + 1e-4
+
+
+def test_composition_starts_from_the_latent_the_run_edited(tmp_path, tiny_model_dir, face_png):
+    """An image inverted to T and sampled back down, with DDPM inversion's noise maps: the composition grid's
+    one-direction cell is the run's own edit (not a re-inversion of the 8-bit input PNG, which loses both)."""
+    config = write_config(tmp_path, tiny_model_dir, RBE, {"images": [str(face_png)]}, name="inverted")
+    main(["test", "--config", str(config), "--model.init_args.diffusion.invert_to=T",
+          "--model.init_args.diffusion.inversion.method=ddpm"])
+    (run,) = report.load_runs([tmp_path / "runs"])
+    cells, _ = compose(run.layout, run.manifest, [STRENGTHS[-1]], 1)
+    written = np.asarray(Image.open(run.layout.edit_image("face", 0, "mouth", STRENGTHS[-1])), dtype=np.float32) / 255
+    assert np.abs(cells[(STRENGTHS[-1], 1)] - written).max() <= 1 / 255 + 1e-4

@@ -336,9 +336,9 @@ def test_cli_writes_masks_regions_and_figure(tiny_model_dir, tmp_path):
 
     image = tmp_path / "face.png"
     Image.new("RGB", (16, 16), (200, 120, 90)).save(image)
-    folders = main(["--model", str(tiny_model_dir), "--images", str(image), "--parts", "3", "--preset", "celebahq",
+    folders = main(["--model", str(tiny_model_dir), "--images", str(image), "--segmentation.parts", "3", "--preset", "celebahq",
                     "--out", str(tmp_path / "out"), "--steps", "5"])
-    folders += main(["--model", str(tiny_model_dir), "--seeds", "7", "--parts", "3", "--out", str(tmp_path / "out"), "--steps", "5"])
+    folders += main(["--model", str(tiny_model_dir), "--seeds", "7", "--segmentation.parts", "3", "--out", str(tmp_path / "out"), "--steps", "5"])
     assert [f.name for f in folders] == ["face", "seed000007"]
     for folder in folders:
         entries = yaml.safe_load((folder / "regions.yaml").read_text())
@@ -357,11 +357,11 @@ def test_cli_writes_masks_regions_and_figure(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize(
     "extra, match",
     [
-        (["--parts", "1"], r"segmentation.parts=1: an image splits into at least 2 parts"),
-        (["--parts", "300"], r"parts=300: an image of 256 pixels splits into 2 \.\. 256 parts"),
-        (["--segment-timestep", "0.9"], r"segmentation.timestep=0.9 \(t = 900\) lies above the edit timestep \(t = 600\)"),
+        (["--segmentation.parts", "1"], r"segmentation.parts=1: an image splits into at least 2 parts"),
+        (["--segmentation.parts", "300"], r"parts=300: an image of 256 pixels splits into 2 \.\. 256 parts"),
+        (["--segmentation.timestep", "0.9"], r"segmentation.timestep=0.9 \(t = 900\) lies above the edit timestep \(t = 600\)"),
         (["--preset", "faces"], r"unknown preset 'faces'"),
-        (["--grow", "-2"], r"segmentation.grow=-2 must be an integer number of pixels >= 0"),
+        (["--segmentation.grow", "-2"], r"segmentation.grow=-2 must be an integer number of pixels >= 0"),
     ],
 )
 def test_cli_bad_settings_raise(tiny_model_dir, tmp_path, extra, match):

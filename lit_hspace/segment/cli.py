@@ -3,44 +3,41 @@ regions.yaml that a config's `regions:` accepts, and a figure of the parts, per 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from lit_hspace.data import ImageFiles, image_size, list_images
 from lit_hspace.ddim import DDIM, Latent
 from lit_hspace.hspace import HSpaceModel, load_model
-from lit_hspace.segment import SIGNALS, Segmentation, auto_regions, check_preset, check_segmentation, grown
+from lit_hspace.segment import Segmentation, auto_regions, check_preset, check_segmentation, grown
 from lit_hspace.segment.files import write_parts
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m lit_hspace.segment", description=__doc__)
+def parse_args(argv: list[str] | None) -> Namespace:
+    parser = ArgumentParser(prog="lit-hspace-segment", description=__doc__, default_env=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
     parser.add_argument("--model", required=True, help="built-in name, diffusers directory or Hub id")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--images", nargs="+", help="image files and/or folders")
-    source.add_argument("--seeds", nargs="+", type=int, help="generate images from x_T drawn from these seeds")
-    default = Segmentation()
-    parser.add_argument("--parts", type=int, default=default.parts, help=f"k-means parts per image, before parts of one name merge (default {default.parts})")
+    parser.add_argument("--images", nargs="+", help="image files and/or folders")
+    parser.add_argument("--seeds", nargs="+", type=int, help="generate images from x_T drawn from these seeds")
     parser.add_argument("--preset", help="name parts after this preset's regions by overlap (celebahq, church, synth)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--signal", choices=SIGNALS, default=default.signal)
-    parser.add_argument("--timestep", type=float, default=0.6, help="the edit timestep, fraction of T (default 0.6): images are inverted to it")
-    parser.add_argument("--segment-timestep", type=float, default=default.timestep,
-                        help=f"where the features are read, fraction of T, at most --timestep (default {default.timestep})")
-    parser.add_argument("--smoothing", type=float, default=default.smoothing, help=f"feature smoothing sigma in pixels (default {default.smoothing})")
-    parser.add_argument("--grow", type=int, default=default.grow, help=f"grow every part by this many pixels (default {default.grow})")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    parser.add_argument("--timestep", type=float, default=0.6, help="the edit timestep, fraction of T: images are inverted to it")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
     parser.add_argument("--resize", action="store_true", help="centre-crop and resize images of another size")
-    return parser.parse_args(argv)
+    parser.add_class_arguments(Segmentation, "segmentation")  # every setting, --segmentation.parts and so on
+    args = parser.parse_args(argv)
+    if (args.images is None) == (args.seeds is None):
+        parser.error("give either --images or --seeds")
+    return args
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
     """Segment every image; returns the per-image folders written."""
     args = parse_args(argv)
     check_preset(args.preset)
-    settings = Segmentation(parts=args.parts, signal=args.signal, timestep=args.segment_timestep, smoothing=args.smoothing, grow=args.grow)
+    settings = Segmentation(**vars(args.segmentation))
     files = list_images(args.images) if args.images else []
     model = load_model(args.model)
     side = model.image_shape[-1]
