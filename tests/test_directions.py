@@ -187,3 +187,13 @@ def test_given_sets_one_for_all_or_per_image(tiny_model, tmp_path):
         DirectionStore(str(tmp_path / "empty"), tiny_model)
     with pytest.raises(ValueError, match="no direction named 'smile'"):
         DirectionStore(str(one), tiny_model, names=("smile",))
+
+
+def test_only_run_directories_are_earlier_runs(tmp_path):
+    """Without a logger the run directory is the current one: its other folders (source, data) are not earlier runs;
+    only folders with a run.json are."""
+    (tmp_path / "src" / "directions").mkdir(parents=True)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "old_run").mkdir()
+    (tmp_path / "old_run" / "run.json").write_text("{}")
+    assert RunLayout(tmp_path / "runs").siblings() == [RunLayout(tmp_path / "old_run")]

@@ -198,3 +198,12 @@ def test_composition_starts_from_the_latent_the_run_edited(tmp_path, tiny_model_
     cells, _ = compose(run.layout, run.manifest, [STRENGTHS[-1]], 1)
     written = np.asarray(Image.open(run.layout.edit_image("face", 0, "mouth", STRENGTHS[-1])), dtype=np.float32) / 255
     assert np.abs(cells[(STRENGTHS[-1], 1)] - written).max() <= 1 / 255 + 1e-4
+
+
+def test_the_report_reads_runs_without_lightning_or_diffusers():
+    import subprocess
+    import sys
+
+    code = "import sys, lit_hspace.report; print(sorted(m for m in ('lightning', 'diffusers') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
