@@ -1,0 +1,3 @@
+from lit_hspace.convert import main
+
+main()
