@@ -101,10 +101,11 @@ def type_name(hint: object) -> str:
 def explain(message: str, known: list[str]) -> str:
     """jsonargparse's report on bad arguments as one line: the key, the value, what is allowed, the nearest keys."""
     owner = re.search(r"class_path '([\w.]+)'", message)
+    group = re.search(r'Parser key "(model|data)"', message)
     prefix = ""
     keys = dict.fromkeys(known)
-    if owner:
-        prefix = "model.init_args." if ".module." in owner.group(1) else "data.init_args."
+    if owner and group:
+        prefix = f"{group.group(1)}.init_args."
         keys = class_keys(owner.group(1), prefix)
     unknown = re.search(r"(?:unrecognized arguments: --|Option ')([\w.]+)", message, re.I)
     if unknown:

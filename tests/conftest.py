@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +102,14 @@ def write_sweep(path, config, parameters: dict) -> str:
 
 def read_png(path) -> torch.Tensor:
     return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
+
+
+def inlined(value, folder: Path):
+    """A config with every reference to another YAML file (a path relative to `folder`) replaced by its content."""
+    if isinstance(value, dict):
+        return {k: inlined(v, folder) for k, v in value.items()}
+    if isinstance(value, list):
+        return [inlined(v, folder) for v in value]
+    if isinstance(value, str) and value.endswith(".yaml") and (folder / value).is_file():
+        return inlined(yaml.safe_load((folder / value).read_text()), (folder / value).parent)
+    return value

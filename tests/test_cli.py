@@ -23,7 +23,7 @@ from lit_hspace.discovery import discover
 from lit_hspace.figures import FONT_SIZE, PAD
 from lit_hspace.layout import DirectionOrigin, RunLayout, RunManifest
 from lit_hspace.settings import DiffusionSettings, DiscoverySettings, EditSettings
-from conftest import STRENGTHS, read_png, write_config
+from conftest import STRENGTHS, inlined, read_png, write_config
 
 def test_predict_then_test_reuses_directions_and_writes_a_run(tmp_path, tiny_model_dir, face_png):
     rbe = {"class_path": "lit_hspace.methods.RBE", "init_args": {"k": 3, "n_outside": 2, "max_iter": 4}}
@@ -129,15 +129,37 @@ def test_jive_in_test_discovers_and_stores_per_region_directions(tmp_path, tiny_
         assert {r["label"] for r in csv.DictReader(f)} == {"eyes", "mouth"}
 
 
-def test_print_config_of_the_shipped_configs(capsys):
-    configs = sorted(set(Path("configs").rglob("*.yaml")) - set(Path("configs/synth").glob("train*.yaml")) - set(Path("configs/data").glob("*.yaml")))
-    assert len(configs) >= 10
-    for config in configs:
-        with pytest.raises(SystemExit) as exit_info:
-            main(["test", "--config", str(config), "--print_config"])
-        assert exit_info.value.code == 0
-        printed = yaml.safe_load(capsys.readouterr().out)
-        assert printed["model"]["init_args"]["diffusion"]["timestep"] == 0.6
+SHIPPED = sorted(set(Path("configs").rglob("*.yaml")) - set(Path("configs/synth").glob("train*.yaml"))
+                 - set(Path("configs/data").glob("*.yaml")) - set(Path("configs/base").glob("*.yaml")))
+
+
+def printed_config(config, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_print_config_of_the_shipped_configs(capsys, tmp_path):
+    """Each shipped config parses; composed from configs/base/ files, it prints exactly what the same config with those
+    files written out in it (flat) prints."""
+    assert len(SHIPPED) >= 10
+    for config in SHIPPED:
+        composed = printed_config(config, capsys)
+        assert yaml.safe_load(composed)["model"]["init_args"]["diffusion"]["timestep"] == 0.6
+        flat = tmp_path / config.name
+        flat.write_text(yaml.safe_dump(inlined(yaml.safe_load(config.read_text()), config.parent)))
+        assert printed_config(flat, capsys) == composed, config
+
+
+def test_no_six_config_lines_are_repeated_in_more_than_three_configs():
+    """What configs share lives in configs/base/: no run of 6 lines appears in more than 3 config files."""
+    seen: dict[tuple[str, ...], set[str]] = {}
+    for config in Path("configs").rglob("*.yaml"):
+        lines = [line.strip() for line in config.read_text().splitlines() if line.strip()]
+        for i in range(len(lines) - 5):
+            seen.setdefault(tuple(lines[i : i + 6]), set()).add(str(config))
+    assert {run: files for run, files in seen.items() if len(files) > 3} == {}
 
 
 # -- bad input: a clear error before heavy compute ---------------------------------------------

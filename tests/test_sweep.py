@@ -9,7 +9,7 @@ import yaml
 from lit_hspace import sweep
 from lit_hspace.editing import Editor
 from lit_hspace.layout import RunLayout, RunManifest
-from conftest import write_config, write_sweep
+from conftest import inlined, write_config, write_sweep
 
 SWEEPS = sorted(Path("sweeps").glob("*.yaml"))
 
@@ -68,7 +68,7 @@ def test_local_sweep_runs_every_point(tmp_path, tiny_model_dir):
 
 def tiny_twin(shipped: str | Path, tmp_path: Path, model_dir) -> str:
     """A shipped config on the tiny model: its method, regions and edit settings, 3 steps, one seed, MSE only."""
-    config = yaml.safe_load(Path(shipped).read_text())
+    config = inlined(yaml.safe_load(Path(shipped).read_text()), Path(shipped).parent)
     args = config["model"]["init_args"]
     args.update(model=str(model_dir), metrics=["mse"])
     args["diffusion"]["num_steps"] = 3
