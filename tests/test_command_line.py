@@ -73,3 +73,23 @@ def test_bad_input_is_one_clear_line_without_a_traceback(args, code, said, tmp_p
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and said in errors[0], done.stderr
     assert "Traceback" not in done.stderr and "usage:" not in done.stderr and "Union subtypes" not in done.stderr
+
+
+def test_each_images_edits_show_a_bar_with_their_total(tiny_model, capsys):
+    """A long step is not a silent `0/?`: the edits of an image count up to their known total (non-zero strengths)."""
+    import torch
+
+    from lit_hspace.ddim import DDIM, Latent
+    from lit_hspace.directions import DirectionSet
+    from lit_hspace.editing import Editor
+    from lit_hspace.regions import region_masks, resolve_regions
+    from lit_hspace.settings import EditSettings
+
+    ddim = DDIM(tiny_model, 3)
+    regions = resolve_regions(["mouth"], "celebahq")
+    dset = DirectionSet(torch.eye(2, 16 * 8 * 8).reshape(2, 16, 8, 8), torch.ones(2), ["mouth", "mouth"], torch.zeros(1, 3, 16, 16))
+    latent = Latent(torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)), ddim.timestep_at(0.6), False)
+    editor = Editor(ddim, regions, EditSettings(strengths=(-5.0, 0.0, 5.0), per_group=2, batch_size=1), progress=True)
+    editor.edit("img", latent, dset, None, region_masks(regions, 16))
+    shown = capsys.readouterr().err
+    assert "img: edits:" in shown and "0/4 [" in shown  # a known total: 2 directions x 2 non-zero strengths
