@@ -221,3 +221,23 @@ def test_a_pooled_set_is_named_after_what_it_moves_over_all_its_images(tmp_path)
     (stored,) = (run / "directions").glob("*.safetensors")
     assert DirectionSet.load(stored).names == expected
     assert {r["name"] for r in rows} == set(expected.values())  # both images' rows carry the set's names
+
+
+def test_training_progress_reads_a_checkpoints_ema_weights(tmp_path):
+    """A DDPMTrainer checkpoint (Lightning's layout: hyper-parameters, state dict, step) loads with weights_only, and
+    the model measured is its EMA weights, not the raw ones."""
+    from lit_hspace.synth.progress import ema_model_of
+    from lit_hspace.training import DDPMTrainer
+
+    torch.manual_seed(0)
+    trainer = DDPMTrainer(sample_size=16, block_out_channels=(8, 16), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                          up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    with torch.no_grad():
+        for p in trainer.ema.module.parameters():
+            p.add_(1.0)  # EMA weights unlike the raw ones
+    path = tmp_path / "last.ckpt"
+    torch.save({"hyper_parameters": dict(trainer.hparams), "state_dict": trainer.state_dict(), "global_step": 7}, path)
+    model, step = ema_model_of(path)
+    assert step == 7
+    for (name, loaded), expected in zip(model.unet.state_dict().items(), trainer.ema.module.state_dict().values()):
+        assert torch.equal(loaded, expected), name
