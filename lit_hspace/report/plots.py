@@ -23,13 +23,7 @@ def mse_curves(runs: list[Run], path: Path) -> Path:
         strengths = list(by_a)
         (line,) = ax.plot(strengths, [by_a[a][0] for a in strengths], "-o", label=f"{label} inside")
         ax.plot(strengths, [by_a[a][1] for a in strengths], "--o", color=line.get_color(), label=f"{label} outside")
-    ax.set_xlabel("edit strength a")
-    ax.set_ylabel("MSE against the reconstruction")
-    ax.legend(fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return finish(fig, ax, "edit strength a", "MSE against the reconstruction", path)
 
 
 def locality_curves(runs: list[Run], path: Path) -> Path:
@@ -38,8 +32,13 @@ def locality_curves(runs: list[Run], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for label, (inside, outside) in sorted(outside_against_inside(runs).items()):
         ax.plot(inside, outside, "-o", label=label)
-    ax.set_xlabel("MSE inside the region")
-    ax.set_ylabel("MSE outside the region")
+    return finish(fig, ax, "MSE inside the region", "MSE outside the region", path)
+
+
+def finish(fig, ax, xlabel: str, ylabel: str, path: Path) -> Path:
+    """Label the axes, add the legend, write the figure to `path` and close it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
