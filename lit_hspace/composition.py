@@ -11,6 +11,7 @@ from lit_hspace.ddim import DDIM, Edit, Latent
 from lit_hspace.directions import DirectionSet
 from lit_hspace.hspace import load_model
 from lit_hspace.metrics import to_unit
+from lit_hspace.editing import shift_per_unit
 from lit_hspace.figures import image_figure
 from lit_hspace.layout import RunLayout, RunManifest
 
@@ -37,9 +38,10 @@ def compose(layout: RunLayout, manifest: RunManifest, strengths: list[float], nu
     picks = firsts[:num_directions]
     captions = [dset.names.get(i) or f"{dset.labels[i]} {i}" for i in picks]
     cells = {}
+    per_unit = shift_per_unit(model, latent, manifest.edit.get("units", "absolute"))
     for a in strengths:
         for j in range(1, len(picks) + 1):
-            delta = a * dset.directions[picks[:j]].sum(0, keepdim=True)
+            delta = a * per_unit * dset.directions[picks[:j]].sum(0, keepdim=True)
             edited = ddim.sample(latent, edit=Edit(delta, t, manifest.edit["injection"]))
             cells[(a, j)] = to_unit(edited)[0].permute(1, 2, 0).numpy()
     return cells, captions

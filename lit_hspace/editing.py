@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 from lit_hspace.ddim import DDIM, Edit, Latent
 from lit_hspace.directions import DirectionSet
 from lit_hspace.regions import Region, group_mask
-from lit_hspace.settings import EditSettings
+from lit_hspace.hspace import HSpaceModel
+from lit_hspace.settings import EditSettings, StrengthUnits
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class ImageEdits:
     directions: list[EditedDirection]
     strengths: tuple[float, ...]
     edits: Tensor  # (D, S, C, H, W); the strength-0 column is the reconstruction itself
+    shift_per_unit: float = 1.0  # ||delta h|| of strength 1: 1 in absolute units, ||h_t|| / 100 in h_norm units
 
     @property
     def masks(self) -> Tensor:
@@ -80,7 +82,8 @@ class Editor:
         (N, 1, H, W) are the image's region masks, which each edit's change is measured in."""
         picked = self.pick(dset, masks)
         reconstruction = self.ddim.sample(latent)[0]
-        strengths = torch.tensor(self.settings.strengths, device=latent.x.device, dtype=latent.x.dtype)
+        per_unit = shift_per_unit(self.ddim.model, latent, self.settings.units)
+        strengths = per_unit * torch.tensor(self.settings.strengths, device=latent.x.device, dtype=latent.x.dtype)
         vectors = dset.directions[[d.index for d in picked]].to(latent.x)
         deltas = (strengths[None, :, None, None, None] * vectors[:, None]).flatten(0, 1)  # (D * S, *h_shape)
         moved = (strengths != 0).repeat(len(picked))
@@ -94,4 +97,11 @@ class Editor:
                 out[batch] = self.ddim.sample(latent.expand(len(batch)), edit=edit)
                 bar.update(len(batch))
         edits = out.unflatten(0, (len(picked), len(strengths)))
-        return ImageEdits(image_id, input, reconstruction, picked, self.settings.strengths, edits)
+        return ImageEdits(image_id, input, reconstruction, picked, self.settings.strengths, edits, per_unit)
+
+
+@torch.no_grad()
+def shift_per_unit(model: HSpaceModel, latent: Latent, units: StrengthUnits) -> float:
+    """The norm of the h shift that strength 1 makes on this image: 1 in absolute units; in h_norm units a percent of
+    the norm of the image's h at the edit timestep."""
+    return 1.0 if units == "absolute" else model.encode(latent.x, latent.t).h.norm().item() / 100

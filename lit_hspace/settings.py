@@ -44,6 +44,9 @@ class DiffusionSettings:
             raise ValueError(f"diffusion.invert_to '{self.invert_to}' is not one of {get_args(InvertTo)}")
 
 
+StrengthUnits = Literal["absolute", "h_norm"]
+
+
 @dataclass(frozen=True)
 class EditSettings:
     """Which directions are edited, how strongly, and how.
@@ -56,6 +59,9 @@ class EditSettings:
             the factor probe); needs `discovery.directions`.
         injection: "x0_and_direction" (Haas et al.) or "x0" (Asyrp).
         batch_size: edited images sampled at once.
+        units: what a strength measures. "absolute" (the papers' a): h <- h + a v for a unit direction v, whose effect
+            depends on the model's scale of h. "h_norm": a percent of the norm of the image's own h at the edit
+            timestep, h <- h + (a / 100) ||h_t|| v, so that a strength means a comparable shift on any model.
     """
 
     strengths: tuple[float, ...] = (-50.0, -25.0, 0.0, 25.0, 50.0)
@@ -64,6 +70,7 @@ class EditSettings:
     names: tuple[str, ...] | None = None
     injection: Injection = "x0_and_direction"
     batch_size: int = 16
+    units: StrengthUnits = "absolute"
 
     def __post_init__(self) -> None:
         if not self.strengths:
@@ -74,6 +81,8 @@ class EditSettings:
             raise ValueError(f"edit.batch_size={self.batch_size} must be at least 1")
         if self.injection not in get_args(Injection):
             raise ValueError(f"edit.injection '{self.injection}' is not one of {get_args(Injection)}")
+        if self.units not in get_args(StrengthUnits):
+            raise ValueError(f"edit.units '{self.units}' is not one of {get_args(StrengthUnits)}")
 
 
 @dataclass(frozen=True)

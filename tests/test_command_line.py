@@ -93,3 +93,27 @@ def test_each_images_edits_show_a_bar_with_their_total(tiny_model, capsys):
     editor.edit("img", latent, dset, None, region_masks(regions, 16))
     shown = capsys.readouterr().err
     assert "img: edits:" in shown and "0/4 [" in shown  # a known total: 2 directions x 2 non-zero strengths
+
+
+def test_strength_in_h_norm_units_is_a_percent_of_the_images_h(tiny_model):
+    """edit.units h_norm: strength a shifts h by a / 100 of the norm of the image's h at the edit timestep, i.e. the
+    same edit as the absolute strength a ||h_t|| / 100 (||h_t|| computed here from the encoder directly)."""
+    import torch
+
+    from lit_hspace.ddim import DDIM, Latent
+    from lit_hspace.directions import DirectionSet
+    from lit_hspace.editing import Editor
+    from lit_hspace.regions import region_masks, resolve_regions
+    from lit_hspace.settings import EditSettings
+
+    ddim = DDIM(tiny_model, 3)
+    regions = resolve_regions(["mouth"], "celebahq")
+    dset = DirectionSet(torch.eye(1, 16 * 8 * 8).reshape(1, 16, 8, 8), torch.ones(1), ["mouth"], torch.zeros(1, 3, 16, 16))
+    latent = Latent(torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)), ddim.timestep_at(0.6), False)
+    norm = tiny_model.encode(latent.x, latent.t).h.norm().item()
+    masks = region_masks(regions, 16)
+    relative = Editor(ddim, regions, EditSettings(strengths=(30.0,), per_group=1, units="h_norm")).edit("img", latent, dset, None, masks)
+    absolute = Editor(ddim, regions, EditSettings(strengths=(30.0 * norm / 100,), per_group=1)).edit("img", latent, dset, None, masks)
+    assert relative.shift_per_unit == pytest.approx(norm / 100) and absolute.shift_per_unit == 1.0
+    torch.testing.assert_close(relative.edits, absolute.edits, rtol=1e-5, atol=1e-5)
+    assert (relative.edits - relative.reconstruction).abs().max() > 1e-3

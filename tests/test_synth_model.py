@@ -236,7 +236,8 @@ def test_training_progress_reads_a_checkpoints_ema_weights(tmp_path):
         for p in trainer.ema.module.parameters():
             p.add_(1.0)  # EMA weights unlike the raw ones
     path = tmp_path / "last.ckpt"
-    torch.save({"hyper_parameters": dict(trainer.hparams), "state_dict": trainer.state_dict(), "global_step": 7}, path)
+    hparams = dict(trainer.hparams) | {"_class_path": "lit_hspace.training.DDPMTrainer"}  # as LightningCLI records them
+    torch.save({"hyper_parameters": hparams, "state_dict": trainer.state_dict(), "global_step": 7}, path)
     model, step = ema_model_of(path)
     assert step == 7
     for (name, loaded), expected in zip(model.unet.state_dict().items(), trainer.ema.module.state_dict().values()):

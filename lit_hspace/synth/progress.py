@@ -20,12 +20,19 @@ from lit_hspace.training import DDPMTrainer
 TARGET_OVER_FLOOR = 5  # the representative model is trained until its probe-FID is at most 5x the floor
 
 
-def ema_model_of(checkpoint: Path):
-    """The EMA weights of a Lightning checkpoint of DDPMTrainer (read with weights_only), and its step."""
+def trainer_of(checkpoint: Path) -> tuple[DDPMTrainer, int]:
+    """A Lightning checkpoint of DDPMTrainer (read with weights_only) as the trainer, and its step."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    trainer = DDPMTrainer(**state["hyper_parameters"])
+    # LightningCLI records the class path beside the arguments (`_class_path`): not an argument.
+    trainer = DDPMTrainer(**{k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")})
     trainer.load_state_dict(state["state_dict"])
-    return trainer.ema_hspace_model(), state["global_step"]
+    return trainer, state["global_step"]
+
+
+def ema_model_of(checkpoint: Path):
+    """The EMA weights of a checkpoint as an h-space model, and its step."""
+    trainer, step = trainer_of(checkpoint)
+    return trainer.ema_hspace_model(), step
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -34,9 +41,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--num-fid", type=int, default=500, help="samples and dataset images per set")
     parser.add_argument("--grid", type=Path, help="write 64 samples beside 64 dataset images here")
+    parser.add_argument("--export", type=Path, help="also write the EMA weights as a diffusers directory (a `model:` to try)")
     args = parser.parse_args(argv)
     if not args.checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint '{args.checkpoint}' does not exist")
+    if args.export is not None:
+        trainer_of(args.checkpoint)[0].export(args.export)
 
     model, step = ema_model_of(args.checkpoint)
     probe, size = FactorProbe.load(), model.image_shape[-1]
