@@ -1,6 +1,7 @@
 """The built-in synthetic-faces model: name resolution, the factor probe, its metrics and FID, bad input."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 from scipy import linalg
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from conftest import inlined
 from lit_hspace.cli import main
 from lit_hspace.data import HSpaceData
 from lit_hspace.directions import DirectionSet
@@ -143,7 +145,7 @@ def test_more_images_asked_for_than_exist(tmp_path):
 
 def short_synth_run(tmp_path, name: str, data: dict, strengths: list[float], per_group: int, k: int):
     """configs/synth/rbe_mouth.yaml made short (10 steps, k directions) on `data`; returns the config file."""
-    config = yaml.safe_load(open("configs/synth/rbe_mouth.yaml"))
+    config = inlined(yaml.safe_load(open("configs/synth/rbe_mouth.yaml")), Path("configs/synth"))  # base files written out
     args = config["model"]["init_args"]
     args["diffusion"].update(num_steps=10)
     args["edit"].update(strengths=strengths, per_group=per_group)
