@@ -29,7 +29,7 @@ def edit_rows(result: ImageResult, factor_names: list[str], origin: DirectionOri
             cells = {key: values[row, col].item() for key, values in columns.items()}
             rows.append(dict(image=edits.image_id, direction=direction.index, label=direction.label, name=direction.name,
                              strength=strength, inside_share=scores.inside_share[row].item(), **cells, **image_columns(scores),
-                             shift_per_unit=edits.shift_per_unit, directions_source=origin.source, directions_file=origin.file))
+                             shift_per_unit=edits.shift_per_unit[row] if edits.shift_per_unit else 1.0, directions_source=origin.source, directions_file=origin.file))
     return rows
 
 

@@ -38,10 +38,10 @@ def compose(layout: RunLayout, manifest: RunManifest, strengths: list[float], nu
     picks = firsts[:num_directions]
     captions = [dset.names.get(i) or f"{dset.labels[i]} {i}" for i in picks]
     cells = {}
-    per_unit = shift_per_unit(model, latent, manifest.edit.get("units", "absolute"))
+    per_unit = shift_per_unit(model, latent, manifest.edit.get("units", "absolute"), dset.directions[picks].to(latent.x))
     for a in strengths:
         for j in range(1, len(picks) + 1):
-            delta = a * per_unit * dset.directions[picks[:j]].sum(0, keepdim=True)
+            delta = a * (per_unit[:j, None, None, None] * dset.directions[picks[:j]]).sum(0, keepdim=True)
             edited = ddim.sample(latent, edit=Edit(delta, t, manifest.edit["injection"]))
             cells[(a, j)] = to_unit(edited)[0].permute(1, 2, 0).numpy()
     return cells, captions

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -12,6 +13,7 @@ from lit_hspace.ddim import DDIM, Edit, Latent
 from lit_hspace.directions import DirectionSet
 from lit_hspace.regions import Region, group_mask
 from lit_hspace.hspace import HSpaceModel
+from lit_hspace.jacobian import JacobianOperator
 from lit_hspace.settings import EditSettings, StrengthUnits
 
 
@@ -39,7 +41,7 @@ class ImageEdits:
     directions: list[EditedDirection]
     strengths: tuple[float, ...]
     edits: Tensor  # (D, S, C, H, W); the strength-0 column is the reconstruction itself
-    shift_per_unit: float = 1.0  # ||delta h|| of strength 1: 1 in absolute units, ||h_t|| / 100 in h_norm units
+    shift_per_unit: tuple[float, ...] = ()  # per direction, ||delta h|| of strength 1 (edit.units); empty: 1 each
 
     @property
     def masks(self) -> Tensor:
@@ -82,10 +84,10 @@ class Editor:
         (N, 1, H, W) are the image's region masks, which each edit's change is measured in."""
         picked = self.pick(dset, masks)
         reconstruction = self.ddim.sample(latent)[0]
-        per_unit = shift_per_unit(self.ddim.model, latent, self.settings.units)
-        strengths = per_unit * torch.tensor(self.settings.strengths, device=latent.x.device, dtype=latent.x.dtype)
+        strengths = torch.tensor(self.settings.strengths, device=latent.x.device, dtype=latent.x.dtype)
         vectors = dset.directions[[d.index for d in picked]].to(latent.x)
-        deltas = (strengths[None, :, None, None, None] * vectors[:, None]).flatten(0, 1)  # (D * S, *h_shape)
+        per_unit = shift_per_unit(self.ddim.model, latent, self.settings.units, vectors)  # (D,)
+        deltas = ((per_unit[:, None] * strengths[None, :])[:, :, None, None, None] * vectors[:, None]).flatten(0, 1)  # (D * S, *h_shape)
         moved = (strengths != 0).repeat(len(picked))
         out = reconstruction.expand(len(deltas), -1, -1, -1).clone()
         todo = moved.nonzero().flatten()
@@ -97,11 +99,20 @@ class Editor:
                 out[batch] = self.ddim.sample(latent.expand(len(batch)), edit=edit)
                 bar.update(len(batch))
         edits = out.unflatten(0, (len(picked), len(strengths)))
-        return ImageEdits(image_id, input, reconstruction, picked, self.settings.strengths, edits, per_unit)
+        return ImageEdits(image_id, input, reconstruction, picked, self.settings.strengths, edits, tuple(per_unit.tolist()))
 
 
-@torch.no_grad()
-def shift_per_unit(model: HSpaceModel, latent: Latent, units: StrengthUnits) -> float:
-    """The norm of the h shift that strength 1 makes on this image: 1 in absolute units; in h_norm units a percent of
-    the norm of the image's h at the edit timestep."""
-    return 1.0 if units == "absolute" else model.encode(latent.x, latent.t).h.norm().item() / 100
+def shift_per_unit(model: HSpaceModel, latent: Latent, units: StrengthUnits, vectors: Tensor) -> Tensor:
+    """(D,): the norm of the h shift that strength 1 makes along each of `vectors` (D, *h_shape) on this image.
+    absolute: 1. h_norm: a percent of the norm of the image's h at the edit timestep. output: the shift whose first-order
+    change of the noise prediction, ||J delta h||, is a percent of the prediction's per-value scale (sqrt of its size,
+    the norm of unit-variance noise), measured along each direction by one Jacobian product at the latent."""
+    if units == "absolute":
+        return torch.ones(len(vectors), device=vectors.device, dtype=vectors.dtype)
+    with torch.no_grad():
+        enc = model.encode(latent.x, latent.t)
+    if units == "h_norm":
+        return (enc.h.norm() / 100).expand(len(vectors)).to(vectors)
+    with torch.enable_grad():
+        gains = JacobianOperator.of_decoder(model, enc).jvp(vectors).flatten(1).norm(dim=1).detach()
+    return math.sqrt(math.prod(model.output_shape)) / 100 / gains.clamp(min=1e-12)

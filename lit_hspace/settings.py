@@ -44,7 +44,7 @@ class DiffusionSettings:
             raise ValueError(f"diffusion.invert_to '{self.invert_to}' is not one of {get_args(InvertTo)}")
 
 
-StrengthUnits = Literal["absolute", "h_norm"]
+StrengthUnits = Literal["absolute", "h_norm", "output"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,8 @@ class EditSettings:
         batch_size: edited images sampled at once.
         units: what a strength measures. "absolute" (the papers' a): h <- h + a v for a unit direction v, whose effect
             depends on the model's scale of h. "h_norm": a percent of the norm of the image's own h at the edit
-            timestep, h <- h + (a / 100) ||h_t|| v, so that a strength means a comparable shift on any model.
+            timestep, h <- h + (a / 100) ||h_t|| v. "output": a percent of the noise prediction's scale, h <- h + s v with
+            ||J s v|| = (a / 100) sqrt(size of the prediction): the same first-order change of the output on any model.
     """
 
     strengths: tuple[float, ...] = (-50.0, -25.0, 0.0, 25.0, 50.0)

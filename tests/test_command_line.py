@@ -114,6 +114,21 @@ def test_strength_in_h_norm_units_is_a_percent_of_the_images_h(tiny_model):
     masks = region_masks(regions, 16)
     relative = Editor(ddim, regions, EditSettings(strengths=(30.0,), per_group=1, units="h_norm")).edit("img", latent, dset, None, masks)
     absolute = Editor(ddim, regions, EditSettings(strengths=(30.0 * norm / 100,), per_group=1)).edit("img", latent, dset, None, masks)
-    assert relative.shift_per_unit == pytest.approx(norm / 100) and absolute.shift_per_unit == 1.0
+    assert relative.shift_per_unit == pytest.approx((norm / 100,)) and absolute.shift_per_unit == (1.0,)
     torch.testing.assert_close(relative.edits, absolute.edits, rtol=1e-5, atol=1e-5)
     assert (relative.edits - relative.reconstruction).abs().max() > 1e-3
+
+
+def test_strength_in_output_units_is_a_percent_of_the_predictions_scale(tiny_model, explicit_jacobian):
+    """edit.units output: along each direction, strength 1 is the shift whose first-order change of the noise
+    prediction has norm sqrt(3 * 16 * 16) / 100, checked with the explicit Jacobian."""
+    import torch
+
+    from lit_hspace.ddim import Latent
+    from lit_hspace.editing import shift_per_unit
+
+    x_t = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))  # where `explicit_jacobian` is taken
+    vectors = torch.linalg.qr(torch.randn(16 * 8 * 8, 3, generator=torch.Generator().manual_seed(1)))[0].T
+    per_unit = shift_per_unit(tiny_model, Latent(x_t, 600, False), "output", vectors.reshape(3, 16, 8, 8))
+    changes = (explicit_jacobian @ (per_unit[:, None] * vectors).T).norm(dim=0)
+    torch.testing.assert_close(changes, torch.full((3,), (3 * 16 * 16) ** 0.5 / 100), rtol=1e-4, atol=0)
