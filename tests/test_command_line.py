@@ -132,3 +132,12 @@ def test_strength_in_output_units_is_a_percent_of_the_predictions_scale(tiny_mod
     per_unit = shift_per_unit(tiny_model, Latent(x_t, 600, False), "output", vectors.reshape(3, 16, 8, 8))
     changes = (explicit_jacobian @ (per_unit[:, None] * vectors).T).norm(dim=0)
     torch.testing.assert_close(changes, torch.full((3,), (3 * 16 * 16) ** 0.5 / 100), rtol=1e-4, atol=0)
+
+
+def test_the_readmes_image_example_works_on_a_config_that_sets_seeds(tmp_path, tiny_model_dir, face_png):
+    """`--data.init_args.images '[folder]' --data.init_args.seeds null`, as the README writes it, on a seeds config."""
+    rbe = {"class_path": "lit_hspace.methods.RBE", "init_args": {"k": 2, "n_outside": 2, "max_iter": 3}}
+    config = write_config(tmp_path, tiny_model_dir, rbe, {"seeds": [0, 1]}, name="photos")
+    cli = main(["test", "--config", str(config), "--data.init_args.images", f"[{face_png.parent}]", "--data.init_args.seeds", "null"])
+    run = tmp_path / "runs" / "photos" / "version_0"
+    assert json.loads((run / "run.json").read_text())["images"] == ["face"] and cli.datamodule.seeds is None
