@@ -188,6 +188,14 @@ class HSpaceUNet(HSpaceModel):
             raise FileNotFoundError(
                 f"'{path}' is not a diffusers UNet2DModel directory: no config.json in it or in its unet/ folder."
             )
+        found = json.loads((unet_dir / "config.json").read_text()).get("_class_name", "UNet2DModel")
+        if found != "UNet2DModel":  # a latent or text-conditioned pipeline's UNet, before diffusers fails on its weights
+            pipeline = json.loads((path / "model_index.json").read_text()).get("_class_name") if (path / "model_index.json").is_file() else None
+            raise ValueError(
+                f"'{path}' holds a {found}" + (f" ({pipeline})" if pipeline else "") + ": lit_hspace loads pixel-space "
+                "UNet2DModel checkpoints (DDPMPipeline and DDIMPipeline directories, google/ddpm-*, converted OpenAI-format "
+                "and DDIM-repo checkpoints); latent and text-conditioned pipelines (Stable Diffusion, LDM) are not supported yet"
+            )
         unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)
         for sched_dir in (path / "scheduler", path):
             if (sched_dir / "scheduler_config.json").is_file():
