@@ -166,7 +166,7 @@ def test_runs_that_do_not_compare_are_separated_and_failed_runs_listed(method_ru
     assert [(heading, len(members)) for heading, members in groups] == [
         ("regions mouth (box [0.33, 0.67, 0.67, 0.82])", 2), ("regions eyes (box [0.25, 0.44, 0.75, 0.56])", 1)]
     mouth = next(members for heading, members in groups if heading.startswith("regions mouth"))
-    assert sorted(r.label for r in mouth) == ['rbe directions=["discovered"]', 'rbe directions=["reused"]']
+    assert sorted(r.label for r in mouth) == ["rbe directions=discovered", "rbe directions=reused"]
     assert [(o.status, o.error) for o in others] == [("failed", "RuntimeError: planted")]
     page = (out / "index.html").read_text()
     assert "<h1>regions mouth" in page and "<h1>regions eyes" in page and "group_1/mse_vs_strength.png" in page

@@ -57,10 +57,13 @@ COMPARED = {"regions": "regions", "images": "images", "latent": "latent"}
 
 def settings(manifest: RunManifest) -> dict[str, str]:
     """The settings a run's label can be made of, flattened to strings (strengths left out: they are the axis)."""
-    found = {f"{k}": json.dumps(v) for k, v in sorted(manifest.method_params.items())}
+    def text(value: Any) -> str:
+        return value if isinstance(value, str) else json.dumps(value)
+
+    found = {k: text(v) for k, v in sorted(manifest.method_params.items())}
     found |= {"t": f"{manifest.timestep:g}", "steps": str(manifest.num_steps)}
-    found |= {k: json.dumps(v) for k, v in sorted(manifest.edit.items()) if k != "strengths"}
-    found["directions"] = json.dumps(sorted({o.source for o in manifest.directions.values()}))
+    found |= {k: text(v) for k, v in sorted(manifest.edit.items()) if k != "strengths"}
+    found["directions"] = "+".join(sorted({o.source for o in manifest.directions.values()})) or "unrecorded"
     return found
 
 
