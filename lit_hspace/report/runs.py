@@ -62,7 +62,8 @@ def settings(manifest: RunManifest) -> dict[str, str]:
 
     found = {k: text(v) for k, v in sorted(manifest.method_params.items())}
     found |= {"t": f"{manifest.timestep:g}", "steps": str(manifest.num_steps)}
-    found |= {k: text(v) for k, v in sorted(manifest.edit.items()) if k != "strengths"}
+    edit = {"units": "absolute"} | manifest.edit  # runs from before edit.units had absolute strengths
+    found |= {k: text(v) for k, v in sorted(edit.items()) if k != "strengths"}
     found["directions"] = "+".join(sorted({o.source for o in manifest.directions.values()})) or "unrecorded"
     return found
 
