@@ -82,7 +82,9 @@ class WandbTracker(WandbLogger):
     def __init__(self, project: str = "lit_hspace", name: str | None = None, save_dir: str = "runs", offline: bool | None = None, **kwargs):
         mode, why = choose_mode(offline)
         if mode == "offline" and why != "asked for" and not os.environ.get("WANDB_MODE"):  # a fallback the user did not choose
-            warnings.warn(f"W&B logs offline: {why}. Upload later with `wandb sync {save_dir}/wandb/offline-run-*`.", stacklevel=2)
+            # Named by this module, not by the config machinery that builds the logger: one clean line for the user.
+            warnings.warn_explicit(f"W&B logs offline: {why}. Upload later with `wandb sync {save_dir}/wandb/offline-run-*`.",
+                                   UserWarning, "lit_hspace.tracking", 0)
         if mode == "disabled":  # W&B's own disabled mode: nothing is logged or written (WandbLogger's offline flag would override it)
             kwargs["mode"] = "disabled"
         else:
