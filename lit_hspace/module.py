@@ -103,8 +103,8 @@ class HSpaceEditor(L.LightningModule):
         self.images.open(layout, layout.shared_cache if self.trainer.loggers else Path(self.trainer.default_root_dir) / "cache")
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[Discovered]:
-        found = []
-        for item, image in zip(batch_items(batch), self.images.discovered(batch_items(batch))):
+        items, found = batch_items(batch), []
+        for item, image in zip(items, self.images.discovered(items)):  # one set for the batch with discovery.pool
             shown = None if image.parts is None else item.image if item.image is not None else self.ddim.sample(image.latent)[0]
             found.append(Discovered(image.dset, image.parts, shown))
         return found
