@@ -212,26 +212,12 @@ class ImageDiscovery(nn.Module):
         joined = Latent(torch.cat([latent.x for latent in latents]), self.t, latents[0].clip)
         return discover(self.model, self.method, self.regions, masks, joined, key, self.settings.chunk_size, self.cache)
 
-    def discovered(self, items: list[ImageItem]) -> list[ImageDirections]:
-        """Per image (or one for the batch, with discovery.pool): a set discovered here, whatever was stored."""
-        if self.settings.pool:
-            latents = [self.latent(item) for item in items]
-            dset = self.discover(latents, self.pooled_key(items), self.fixed_masks)
-            return [ImageDirections(dset, latents[0], dset, self.fixed_masks, None, None)]
-        found = []
-        for item in items:
-            latent = self.latent(item)
-            masks, parts = self.image_masks(latent, item.id)
-            dset = self.discover([latent], self.key(item.id, item.image, masks), masks)
-            found.append(ImageDirections(dset, latent, dset, masks, parts, None))
-        return found
-
-    def direction_sets(self, items: list[ImageItem]) -> list[ImageDirections]:
-        """Per image: the set to edit it with (given, or stored by an earlier run, else discovered here), with its
-        latent and masks."""
+    def direction_sets(self, items: list[ImageItem], reuse: bool = True) -> list[ImageDirections]:
+        """Per image: the set to edit it with (given, or stored by an earlier run, else discovered here; with `reuse`
+        off always discovered), with its latent and masks. A pooled set is `new_set` of the batch's first image only."""
         if self.settings.pool:
             key, latents = self.pooled_key(items), [self.latent(item) for item in items]
-            stored = self.store.find(key, self.earlier_runs)
+            stored = self.store.find(key, self.earlier_runs) if reuse else None
             new_set = None if stored is not None else self.discover(latents, key, self.fixed_masks)
             dset, origin = (stored.dset, stored.origin) if stored is not None else (new_set, None)
             return [ImageDirections(dset, latent, new_set if i == 0 else None, self.fixed_masks, None, origin)
@@ -241,7 +227,7 @@ class ImageDiscovery(nn.Module):
             latent = self.latent(item)
             masks, parts = self.image_masks(latent, item.id)
             key = self.key(item.id, item.image, masks)
-            stored = self.store.find(key, self.earlier_runs)
+            stored = self.store.find(key, self.earlier_runs) if reuse else None
             new_set = None if stored is not None else self.discover([latent], key, masks)
             dset, origin = (stored.dset, stored.origin) if stored is not None else (new_set, None)
             found.append(ImageDirections(dset, latent, new_set, masks, parts, origin))

@@ -104,9 +104,11 @@ class HSpaceEditor(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[Discovered]:
         items, found = batch_items(batch), []
-        for item, image in zip(items, self.images.discovered(items)):  # one set for the batch with discovery.pool
+        for item, image in zip(items, self.images.direction_sets(items, reuse=False)):
+            if image.new_set is None:  # the other images of a pooled batch: their set is the first image's
+                continue
             shown = None if image.parts is None else item.image if item.image is not None else self.ddim.sample(image.latent)[0]
-            found.append(Discovered(image.dset, image.parts, shown))
+            found.append(Discovered(image.new_set, image.parts, shown))
         return found
 
     def test_step(self, batch: dict, batch_idx: int) -> list[ImageResult]:
