@@ -28,9 +28,10 @@ FID_SEEDS = 40_000_000  # dataset images for FID, far from the training seeds (0
 
 @torch.no_grad()
 def generate(model: HSpaceModel, num: int, seed: int, steps: int = 50, batch: int = 250) -> torch.Tensor:
-    """num samples in [0, 1] by DDIM from seeded noise."""
+    """num samples in [0, 1] (on the CPU) by DDIM from seeded noise, run where the model's weights are."""
     noise = torch.randn(num, *model.image_shape, generator=torch.Generator().manual_seed(seed))
-    return torch.cat([to_unit(DDIM(model, steps).sample(x)) for x in noise.split(batch)])
+    device = next(model.parameters()).device
+    return torch.cat([to_unit(DDIM(model, steps).sample(x.to(device))).cpu() for x in noise.split(batch)])
 
 
 def probe_fid(real: torch.Tensor, fake: torch.Tensor, probe: FactorProbe) -> float:

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--num-fid", type=int, default=500, help="samples and dataset images per set")
     parser.add_argument("--grid", type=Path, help="write 64 samples beside 64 dataset images here")
     parser.add_argument("--export", type=Path, help="also write the EMA weights as a diffusers directory (a `model:` to try)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where to sample")
     args = parser.parse_args(argv)
     if not args.checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint '{args.checkpoint}' does not exist")
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer_of(args.checkpoint)[0].export(args.export)
 
     model, step = ema_model_of(args.checkpoint)
+    model.to(args.device)
     probe, size = FactorProbe.load(), model.image_shape[-1]
     fake = generate(model, args.num_fid, seed=1)
     real, _ = synth_batch(range(FID_SEEDS, FID_SEEDS + args.num_fid), size)
