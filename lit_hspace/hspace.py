@@ -52,8 +52,11 @@ BUILTIN_MODELS = {
 
 # Trained models shipped inside the package (diffusers format, safetensors).
 PACKAGED_MODELS = {
-    # A small DDPM trained on lit_hspace.synth's faces, whose factors and regions are known; see its README.md.
+    # DDPMs trained on lit_hspace.synth's faces, whose factors and regions are known; see each one's README.md.
+    # The representative model: h at 4 x 4, so the noise prediction is 3x h, as on the 256 px pixel models.
     "synth-faces": Path(__file__).parent / "synth" / "weights" / "synth-faces",
+    # The first one, h at 8 x 8: its noise prediction is smaller than h (a free null space; see docs/synth.md).
+    "synth-faces-8x8": Path(__file__).parent / "synth" / "weights" / "synth-faces-8x8",
 }
 KNOWN_NAMES = (*PACKAGED_MODELS, *BUILTIN_MODELS)
 

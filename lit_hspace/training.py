@@ -78,6 +78,15 @@ class DDPMTrainer(L.LightningModule):
     def configure_optimizers(self):
         return torch.optim.AdamW(self.unet.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
 
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> tuple[DDPMTrainer, int]:
+        """A Lightning checkpoint of this class (read with weights_only) as the trainer, and its step."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        # LightningCLI records the class path beside the arguments (`_class_path`): not an argument.
+        trainer = cls(**{k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")})
+        trainer.load_state_dict(state["state_dict"])
+        return trainer, state["global_step"]
+
     def ema_hspace_model(self) -> HSpaceUNet:
         return HSpaceUNet(self.ema.module, self.scheduler.config, "ema")
 

@@ -228,7 +228,6 @@ def test_a_pooled_set_is_named_after_what_it_moves_over_all_its_images(tmp_path)
 def test_training_progress_reads_a_checkpoints_ema_weights(tmp_path):
     """A DDPMTrainer checkpoint (Lightning's layout: hyper-parameters, state dict, step) loads with weights_only, and
     the model measured is its EMA weights, not the raw ones."""
-    from lit_hspace.synth.progress import ema_model_of
     from lit_hspace.training import DDPMTrainer
 
     torch.manual_seed(0)
@@ -240,7 +239,8 @@ def test_training_progress_reads_a_checkpoints_ema_weights(tmp_path):
     path = tmp_path / "last.ckpt"
     hparams = dict(trainer.hparams) | {"_class_path": "lit_hspace.training.DDPMTrainer"}  # as LightningCLI records them
     torch.save({"hyper_parameters": hparams, "state_dict": trainer.state_dict(), "global_step": 7}, path)
-    model, step = ema_model_of(path)
+    loaded, step = DDPMTrainer.from_checkpoint(path)
+    model = loaded.ema_hspace_model()
     assert step == 7
     for (name, loaded), expected in zip(model.unet.state_dict().items(), trainer.ema.module.state_dict().values()):
         assert torch.equal(loaded, expected), name

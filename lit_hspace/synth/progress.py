@@ -20,21 +20,6 @@ from lit_hspace.training import DDPMTrainer
 TARGET_OVER_FLOOR = 5  # the representative model is trained until its probe-FID is at most 5x the floor
 
 
-def trainer_of(checkpoint: Path) -> tuple[DDPMTrainer, int]:
-    """A Lightning checkpoint of DDPMTrainer (read with weights_only) as the trainer, and its step."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    # LightningCLI records the class path beside the arguments (`_class_path`): not an argument.
-    trainer = DDPMTrainer(**{k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")})
-    trainer.load_state_dict(state["state_dict"])
-    return trainer, state["global_step"]
-
-
-def ema_model_of(checkpoint: Path):
-    """The EMA weights of a checkpoint as an h-space model, and its step."""
-    trainer, step = trainer_of(checkpoint)
-    return trainer.ema_hspace_model(), step
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(prog="python -m lit_hspace.synth.progress", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,10 +31,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     if not args.checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint '{args.checkpoint}' does not exist")
+    trainer, step = DDPMTrainer.from_checkpoint(args.checkpoint)
     if args.export is not None:
-        trainer_of(args.checkpoint)[0].export(args.export)
-
-    model, step = ema_model_of(args.checkpoint)
+        trainer.export(args.export)
+    model = trainer.ema_hspace_model()
     model.to(args.device)
     probe, size = FactorProbe.load(), model.image_shape[-1]
     fake = generate(model, args.num_fid, seed=1)
