@@ -55,6 +55,10 @@ def data_source(source: str, seeds: list[int], batch_size: int = 1) -> str:
     return "--data=" + json.dumps({"class_path": "lit_hspace.synth.data.DatasetFaces", "init_args": init})
 
 
+# The papers' protocol whatever the configs' defaults: edits from t = 0.6T, strengths in absolute units (a = 50).
+PROTOCOL = ("--model.init_args.diffusion.timestep=0.6", "--model.init_args.edit.units=absolute")
+
+
 def run(command: str, method: str, seeds: list[int], strengths: list[float], save_dir: Path, *extra: str, source: str = "seeds",
         batch_size: int = 1, region: str = "mouth", joint: list[str] | None = None,
         entry: Callable[[str], str | dict] = str) -> Path:
@@ -68,6 +72,7 @@ def run(command: str, method: str, seeds: list[int], strengths: list[float], sav
         command, "--config", str(CONFIGS / f"{method}_mouth.yaml"),
         data_source(source, seeds, batch_size),
         f"--model.init_args.edit.strengths={strengths}",
+        *PROTOCOL,
         "--trainer.logger=" + json.dumps({"class_path": "lit_hspace.tracking.RunLogger", "init_args": {"save_dir": str(save_dir), "name": name}}),
         "--trainer.enable_progress_bar=false",
         *([f"--model.init_args.edit.regions=[{region}]"] if method == "jive" else []),
