@@ -42,7 +42,7 @@ def test_synth_faces_loads_from_the_package_without_network(monkeypatch):
 
 
 def test_unknown_model_name_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown model 'synth-face'.*synth-faces, tiny-random, random-celebahq-256"):
+    with pytest.raises(ValueError, match="unknown model 'synth-face'.*synth-faces, synth-faces-8x8, tiny-random, random-celebahq-256"):
         HSpaceUNet.from_pretrained("synth-face")
 
 

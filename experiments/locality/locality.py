@@ -55,8 +55,9 @@ def data_source(source: str, seeds: list[int], batch_size: int = 1) -> str:
     return "--data=" + json.dumps({"class_path": "lit_hspace.synth.data.DatasetFaces", "init_args": init})
 
 
-# The papers' protocol whatever the configs' defaults: edits from t = 0.6T, strengths in absolute units (a = 50).
-PROTOCOL = ("--model.init_args.diffusion.timestep=0.6", "--model.init_args.edit.units=absolute")
+# The papers' protocol whatever the configs' defaults: edits from t = 0.6T, strengths in absolute units (a = 50)
+# unless --units says otherwise.
+PROTOCOL = ["--model.init_args.diffusion.timestep=0.6", "--model.init_args.edit.units=absolute"]
 
 
 def run(command: str, method: str, seeds: list[int], strengths: list[float], save_dir: Path, *extra: str, source: str = "seeds",
@@ -396,8 +397,11 @@ def main() -> None:
     parser.add_argument("--timestep", type=float, help="transfer: the edit timestep as a fraction of T (default: the config's, 0.6)")
     parser.add_argument("--rotation", choices=["none", "varimax"], default="none",
                         help="transfer: rotate each method's directions (the method's `rotation`; default: none)")
+    parser.add_argument("--units", choices=["absolute", "h_norm", "output"], default="absolute",
+                        help="what --strengths measure (docs/strengths.md); output units compare models of other scales")
     parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = parser.parse_args()
+    PROTOCOL[1] = f"--model.init_args.edit.units={args.units}"
     if args.truth_regions and not (args.auto_regions and args.source == "faces"):
         raise SystemExit("--truth-regions needs --auto-regions and --source faces: only dataset faces have a ground truth")
     if args.auto_regions:
