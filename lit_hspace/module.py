@@ -64,7 +64,7 @@ class HSpaceEditor(L.LightningModule):
         self.regions = resolve_regions(regions if regions is not None else ["mouth"], region_preset)
         if edit.names is not None and discovery.directions is None:
             raise ValueError("edit.names picks named directions of given direction sets: set discovery.directions as well")
-        self.diffusion, self.discovery = diffusion, discovery
+        self.diffusion, self.discovery, self.latent = diffusion, discovery, latent
         self.hspace = load_model(model, latent)
         self.ddim = DDIM(self.hspace, diffusion.num_steps)
         self.image_size = self.hspace.pixel_shape[-1]
@@ -86,7 +86,7 @@ class HSpaceEditor(L.LightningModule):
         latent = json.loads(canonical_latent(self.diffusion)) | {"source": "images"} if from_images else {"source": "seeds"}
         return RunManifest(stage, self.hspace.name, self.hspace.fingerprint, self.method.name, self.method.params(),
                            self.images.region_entries(), self.diffusion.timestep, self.t, self.ddim.num_steps, latent,
-                           asdict(self.editor.settings), self.discovery.directions)
+                           asdict(self.editor.settings), self.discovery.directions, model_settings=asdict(self.latent))
 
     def on_test_start(self) -> None:
         check_grad_mode()
