@@ -46,7 +46,7 @@ TINY_LATENT_SD = dict(
     ),
     text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77, projection_dim=32),
     # Stable Diffusion's noise schedule.
-    scheduler=dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False),
+    scheduler=dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, steps_offset=1),
 )
 BUILTIN_LATENT_MODELS = {"tiny-latent-sd": TINY_LATENT_SD}
 
@@ -198,7 +198,8 @@ class LatentHSpaceModel(HSpaceModel):
         config = {"unet": plain(self.unet.config), "vae": plain(self.vae.config), "scheduler": plain(self.scheduler_config)}
         modules = [self.unet, self.vae]
         if self.text_encoder is not None:
-            config["text_encoder"] = self.text_encoder.config.to_diff_dict()
+            bookkeeping = ("transformers_version", "architectures", "dtype", "torch_dtype", "_name_or_path")  # saving adds them
+            config["text_encoder"] = {k: v for k, v in self.text_encoder.config.to_dict().items() if k not in bookkeeping}
             vocab = json.dumps(sorted(self.tokenizer.get_vocab().items())).encode()
             config["tokenizer"] = hashlib.sha256(vocab).hexdigest()
             modules.append(self.text_encoder)

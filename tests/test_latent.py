@@ -1,6 +1,7 @@
 """Latent and text-conditioned models (lit_hspace.latent), checked against diffusers' and transformers' own forwards."""
 
 import json
+from pathlib import Path
 import math
 import shutil
 
@@ -143,3 +144,197 @@ def test_prompt_guidance_and_branch_are_in_every_key(tmp_path):
         assert other_key != key and other_identity != identity and other_identity["model"] == identity["model"]
     # A stored set's key round-trips through its metadata, conditioning included.
     assert DiscoveryKey.from_meta(key.to_meta()) == key and json.loads(key.conditioning)["prompt"] == FACE_PROMPT
+
+
+# -- precision -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_products_are_as_precise_as_the_prediction_itself(dtype):
+    """Weights in half precision: products come back in float32, with a relative error against float32 weights of
+    the same order as the forward prediction's own (docs/latent.md has the numbers)."""
+    settings = dict(prompt=FACE_PROMPT, guidance_scale=7.5)
+    full, half = (load_model("tiny-latent-sd", LatentSettings(**settings, dtype=d)) for d in ("float32", dtype))
+    assert half.dtype == getattr(torch, dtype) and half.fingerprint != full.fingerprint
+    x = point(full, 6)
+    v = torch.randn(3, *full.h_shape, generator=torch.Generator().manual_seed(7))
+
+    def products(model):
+        with torch.no_grad():
+            enc = model.encode(x, T)
+        jac = JacobianOperator.of_decoder(model, enc)
+        jv = jac.jvp(v)
+        return model(x, T), jv, jac.vjp(jv)
+
+    def error(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    (eps, jv, jtu), (eps_half, jv_half, jtu_half) = products(full), products(half)
+    assert jv_half.dtype == jtu_half.dtype == torch.float32
+    forward_error = error(eps_half, eps)
+    assert torch.finfo(getattr(torch, dtype)).eps < forward_error  # half precision did run
+    assert error(jv_half, jv) < 3 * forward_error and error(jtu_half, jtu) < 3 * forward_error
+
+
+# -- pipeline directories, loaded with diffusers' and transformers' own classes ----------------------
+
+
+@pytest.fixture(scope="module")
+def sd_dir(tmp_path_factory):
+    """The built-in model saved as a StableDiffusionPipeline directory (diffusers' own save_pretrained)."""
+    from diffusers import StableDiffusionPipeline
+
+    model = LatentHSpaceModel.builtin("tiny-latent-sd")
+    path = tmp_path_factory.mktemp("sd")
+    StableDiffusionPipeline(model.vae, model.text_encoder, model.tokenizer, model.unet, DDPMScheduler.from_config(model.scheduler_config),
+                            safety_checker=None, feature_extractor=None, requires_safety_checker=False).save_pretrained(path)
+    return path
+
+
+def test_stable_diffusion_directory_loads_as_the_same_model(sd_dir):
+    settings = LatentSettings(prompt=FACE_PROMPT, guidance_scale=7.5)
+    loaded, builtin = load_model(str(sd_dir), settings), load_model("tiny-latent-sd", settings)
+    assert isinstance(loaded, LatentHSpaceModel) and loaded.name == str(sd_dir)
+    assert loaded.fingerprint == builtin.fingerprint and loaded.conditioning == builtin.conditioning
+    x = point(loaded, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, T), builtin(x, T), rtol=1e-4, atol=1e-4)  # guidance (w = 7.5) scales rounding up
+
+
+@pytest.fixture(scope="module")
+def ldm_dir(tmp_path_factory):
+    """A latent DDPM (UNet2DModel + VQModel) saved as diffusers' LDMPipeline directory."""
+    from diffusers import LDMPipeline
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8)
+    vqvae = VQModel(in_channels=3, out_channels=3, latent_channels=3, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                    num_vq_embeddings=32, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    path = tmp_path_factory.mktemp("ldm")
+    LDMPipeline(vqvae, unet, DDPMScheduler()).save_pretrained(path)
+    return path
+
+
+@torch.no_grad()
+def test_latent_ddpm_directory(ldm_dir):
+    from diffusers import LDMPipeline
+
+    model = load_model(str(ldm_dir))
+    pipeline = LDMPipeline.from_pretrained(ldm_dir)
+    assert model.image_shape == (3, 8, 8) and model.pixel_shape == (3, 16, 16) and model.h_shape == (32, 4, 4)
+    x = point(model, 9)
+    torch.testing.assert_close(model(x, T), pipeline.unet(x, T).sample, rtol=1e-5, atol=1e-6)
+    delta = torch.randn(1, *model.h_shape, generator=torch.Generator().manual_seed(10))
+    torch.testing.assert_close(model(x, T, delta), shifted_unet(pipeline.unet, x, T, None, delta), rtol=1e-5, atol=1e-6)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(11)) * 2 - 1
+    vq = pipeline.vqvae
+    expected = vq.decode(vq.encode(image).latents * vq.config.scaling_factor / vq.config.scaling_factor).sample
+    torch.testing.assert_close(model.to_image(model.to_sample(image)), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="unconditional latent model: it takes no latent.prompt"):
+        load_model(str(ldm_dir), LatentSettings(prompt=FACE_PROMPT))
+
+
+# -- bad input: clear errors before any compute ------------------------------------------------------
+
+
+def test_pipeline_directory_missing_a_component(sd_dir, tmp_path):
+    broken = tmp_path / "sd"
+    shutil.copytree(sd_dir, broken)
+    shutil.rmtree(broken / "text_encoder")
+    with pytest.raises(FileNotFoundError, match="StableDiffusionPipeline directory without its text_encoder"):
+        load_model(str(broken))
+
+
+def test_unsupported_pipeline_is_refused_by_name(sd_dir, tmp_path):
+    other = tmp_path / "sdxl"
+    shutil.copytree(sd_dir, other)
+    (other / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    with pytest.raises(ValueError, match="StableDiffusionXLPipeline directory.*supported pipelines are DDPMPipeline, DDIMPipeline, "
+                                         "StableDiffusionPipeline, LDMPipeline"):
+        load_model(str(other))
+
+
+def test_prompt_given_to_an_unconditional_model():
+    with pytest.raises(ValueError, match="'tiny-random' is a pixel-space unconditional model: it takes no latent.prompt"):
+        load_model("tiny-random", LatentSettings(prompt=FACE_PROMPT))
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(jacobian="both"), r"latent.jacobian 'both' is not one of \('conditional', 'unconditional', 'guided'\)"),
+    (dict(prompt=FACE_PROMPT, guidance_scale=-1.0), "guidance_scale=-1.0 must be a finite number >= 0"),
+    (dict(guidance_scale=7.5), "guides towards a prompt, but no latent.prompt"),
+    (dict(mask="pixels"), r"latent.mask 'pixels' is not one of \('latent', 'decoded'\)"),
+])
+def test_invalid_latent_settings(settings, message):
+    with pytest.raises(ValueError, match=message):
+        LatentSettings(**settings)
+
+
+def test_jacobian_branch_the_sampler_does_not_run():
+    with pytest.raises(ValueError, match="latent.jacobian 'unconditional' is a branch the sampler does not run"):
+        load_model("tiny-latent-sd", LatentSettings(prompt=FACE_PROMPT, jacobian="unconditional"))
+
+
+def test_image_size_not_a_multiple_of_the_vae_factor(tiny_latent_guided):
+    with pytest.raises(ValueError, match="an image of 30 x 62 pixels cannot be encoded.*multiples of its factor 4"):
+        tiny_latent_guided.to_sample(torch.zeros(1, 3, 62, 30))
+
+
+def test_hub_model_offline_names_the_model_and_how_to_pass_a_directory(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="'runwayml/stable-diffusion-v1-5' is not in the local.*--local-dir DIR"):
+        load_model("runwayml/stable-diffusion-v1-5", LatentSettings(prompt=FACE_PROMPT, guidance_scale=7.5))
+
+
+# -- the whole path through the CLI ------------------------------------------------------------------
+
+
+def test_smoke_config_runs_discover_edit_metrics_and_report_and_reuses_only_for_the_same_prompt(tmp_path, monkeypatch, face_png):
+    """configs/latent/tiny_smoke.yaml on an input image: grids, metrics with the reconstruction error split into the
+    VAE's own and the inversion's, the report; a second run with the same prompt reuses the set, another prompt does not."""
+    from lit_hspace.cli import main
+    from lit_hspace.data import ImageFiles
+    from lit_hspace.report import main as report
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    config = Path(__file__).parents[1] / "configs" / "latent" / "tiny_smoke.yaml"
+    args = ["test", "--config", str(config), "--data.init_args.seeds", "null", "--data.init_args.images", f"[{face_png}]",
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
+            "--model.init_args.diffusion.num_steps", "5", "--model.init_args.discovery.cache", str(tmp_path / "cache")]
+    runs = tmp_path / "runs" / "latent_tiny_smoke"
+
+    def manifest(version):
+        return json.loads((runs / f"version_{version}" / "run.json").read_text())
+
+    main(args)
+    first = manifest(0)
+    assert first["model_settings"]["prompt"] == FACE_PROMPT and first["directions"]["face"]["source"] == "discovered"
+    assert (runs / "version_0" / "grids" / "face.png").is_file()
+    model = load_model("tiny-latent-sd", LatentSettings(**first["model_settings"]))
+    image = ImageFiles([face_png], model.pixel_shape[-1])[0]["image"][None]
+    with torch.no_grad():  # the VAE's own error, by diffusers' AutoencoderKL directly
+        roundtrip = model.vae.decode(model.vae.encode(image).latent_dist.mode()).sample
+    vae_mae = ((image.clamp(-1, 1) + 1) / 2 - (roundtrip.clamp(-1, 1) + 1) / 2).abs().mean().item()
+    assert first["metrics"]["test/reconstruction_mae_vae"] == pytest.approx(vae_mae, rel=1e-4)
+    assert first["metrics"]["test/reconstruction_mae_inversion"] > 0 and "test/mse_inside" in first["metrics"]
+
+    main(args)
+    assert manifest(1)["directions"]["face"]["source"] == "reused"
+    main(args + ["--model.init_args.latent.prompt", "a church"])
+    assert manifest(2)["directions"]["face"]["source"] == "discovered"
+
+    report([str(runs / "version_0"), "--out", str(tmp_path / "report"), "--composition", "2"])
+    assert (tmp_path / "report" / "index.html").is_file() and (tmp_path / "report" / "composition.png").is_file()
+
+
+@pytest.mark.parametrize("config", ["sd15_face_mouth.yaml", "sd15_church_windows.yaml"])
+def test_stable_diffusion_configs_stop_at_once_offline(config, monkeypatch, tmp_path):
+    from lit_hspace.cli import main
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OSError, match="Model 'runwayml/stable-diffusion-v1-5' is not in the local.*pass the directory as the model"):
+        main(["test", "--config", str(Path(__file__).parents[1] / "configs" / "latent" / config)])
