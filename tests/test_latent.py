@@ -338,3 +338,20 @@ def test_stable_diffusion_configs_stop_at_once_offline(config, monkeypatch, tmp_
     monkeypatch.chdir(tmp_path)
     with pytest.raises(OSError, match="Model 'runwayml/stable-diffusion-v1-5' is not in the local.*pass the directory as the model"):
         main(["test", "--config", str(Path(__file__).parents[1] / "configs" / "latent" / config)])
+
+
+def test_chunked_products_on_both_branches_equal_one_batch(tiny_latent_guided):
+    """Chunks of the guided Jacobian (every branch's state expanded, the last chunk padded) give the products of one
+    batch of all rows, and J^T is J's transpose: <J v, u> = <v, J^T u>."""
+    model = tiny_latent_guided
+    with torch.no_grad():
+        enc = model.encode(point(model, 12), T)
+    v = torch.randn(5, *model.h_shape, generator=torch.Generator().manual_seed(13))
+    u = torch.randn(5, *model.output_shape, generator=torch.Generator().manual_seed(14))
+    whole = JacobianOperator.of_decoder(model, enc, chunk_size=5)
+    jv, jtu = whole.jvp(v), whole.vjp(u)
+    for chunk in (1, 2):
+        jac = JacobianOperator.of_decoder(model, enc, chunk_size=chunk)
+        torch.testing.assert_close(jac.jvp(v), jv, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(jac.vjp(u), jtu, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close((jv * u).flatten(1).sum(1), (v * jtu).flatten(1).sum(1), rtol=1e-4, atol=1e-4)
