@@ -368,7 +368,7 @@ def hub_snapshot(repo_id: str) -> Path:
                 f"Model '{repo_id}' is neither a built-in model ({', '.join(KNOWN_NAMES)}), a local directory, "
                 f"nor reachable on the Hugging Face Hub ({type(err).__name__}: {err}). {how}"
             ) from None
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt"]))  # .txt: CLIP merges
 
 
 def load_model(name_or_path: str, latent: LatentSettings | None = None) -> HSpaceModel:
