@@ -262,6 +262,9 @@ class HSpaceUNet(HSpaceModel):
     @classmethod
     def _from_local_dir(cls, path: Path) -> HSpaceUNet:
         pipeline = pipeline_class(path)
+        if pipeline in supported_pipelines() and pipeline not in PIXEL_PIPELINES:
+            raise ValueError(f"'{path}' is a {pipeline} directory, a latent model: load it with lit_hspace.load_model (a "
+                             "LatentHSpaceModel), not as a pixel-space HSpaceUNet")
         if pipeline is not None and pipeline not in PIXEL_PIPELINES:
             raise ValueError(unsupported_pipeline(path, pipeline))
         unet_dir = path / "unet" if (path / "unet" / "config.json").is_file() else path

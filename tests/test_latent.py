@@ -375,3 +375,17 @@ def test_inversion_in_latent_space_with_the_prompt(tiny_latent_guided, method):
         assert error("ddpm") < 1e-4  # rounding only: the latents it passes through carry unit noise
     else:
         assert error("fixed_point") < error("ddim") / 2
+
+
+def test_a_latent_pipeline_is_a_latent_model_not_a_pixel_unet(tmp_path):
+    """A Stable Diffusion directory holding only its UNet's config: load_model names the missing components, and the
+    pixel-space HSpaceUNet refuses it, naming what loads it."""
+    from lit_hspace.hspace import HSpaceUNet
+
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    with pytest.raises(FileNotFoundError, match="StableDiffusionPipeline directory without its vae, text_encoder, tokenizer, scheduler"):
+        load_model(str(tmp_path))
+    with pytest.raises(ValueError, match="StableDiffusionPipeline directory, a latent model: load it with lit_hspace.load_model"):
+        HSpaceUNet.from_pretrained(str(tmp_path))
