@@ -14,6 +14,7 @@ from lit_hspace.metrics import to_unit
 from lit_hspace.editing import shift_per_unit
 from lit_hspace.figures import image_figure
 from lit_hspace.layout import RunLayout, RunManifest
+from lit_hspace.settings import LatentSettings
 
 
 def compose(layout: RunLayout, manifest: RunManifest, strengths: list[float], num_directions: int) -> tuple[dict[tuple[float, int], np.ndarray], list[str]]:
@@ -22,7 +23,7 @@ def compose(layout: RunLayout, manifest: RunManifest, strengths: list[float], nu
     appendix Fig. 4). Also the captions of the directions added. Images (H, W, 3) in [0, 1]."""
     image = manifest.images[0]
     dset = DirectionSet.load(manifest.origin(image, layout).file)  # discovered, reused or given
-    model = load_model(manifest.model)
+    model = load_model(manifest.model, LatentSettings(**manifest.model_settings))
     dset.check_fits(model)
     ddim = DDIM(model, manifest.num_steps)
     t = manifest.t
@@ -43,7 +44,7 @@ def compose(layout: RunLayout, manifest: RunManifest, strengths: list[float], nu
         for j in range(1, len(picks) + 1):
             delta = a * (per_unit[:j, None, None, None] * dset.directions[picks[:j]]).sum(0, keepdim=True)
             edited = ddim.sample(latent, edit=Edit(delta, t, manifest.edit["injection"]))
-            cells[(a, j)] = to_unit(edited)[0].permute(1, 2, 0).numpy()
+            cells[(a, j)] = to_unit(model.to_image(edited))[0].permute(1, 2, 0).numpy()
     return cells, captions
 
 

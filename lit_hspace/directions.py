@@ -59,12 +59,13 @@ class DiscoveryKey:
     seed: int
     image: str  # the image's id (a file's stem, or seed<n>)
     content: str = ""  # input images: a digest of the pixels, so two files with one name never share a set
+    conditioning: str = ""  # text-conditioned models: prompt, guidance, the Jacobian's branch (HSpaceModel.conditioning)
 
     @classmethod
     def of(cls, model: HSpaceModel, t: int, num_steps: int, latent: str, method: str, method_params: dict,
            regions: list[dict], masks: str, seed: int, image: str, content: str = "") -> DiscoveryKey:
         return cls(model.fingerprint, tuple(model.h_shape), t, num_steps, latent, method, canonical(method_params),
-                   canonical(regions), masks, seed, image, content)
+                   canonical(regions), masks, seed, image, content, model.conditioning)
 
     def to_meta(self) -> dict[str, Any]:
         """As the set's metadata shows it (parameters and regions readable, not as JSON text)."""
@@ -75,7 +76,8 @@ class DiscoveryKey:
     def from_meta(cls, meta: dict[str, Any]) -> DiscoveryKey | None:
         """The key a set's metadata records; None for sets without one (older sets, sets built by hand)."""
         try:
-            values = {f.name: meta[f.name] for f in fields(cls) if f.name != "content"} | {"content": meta.get("content", "")}
+            optional = ("content", "conditioning")  # absent from sets of older versions
+            values = {f.name: meta[f.name] for f in fields(cls) if f.name not in optional} | {f: meta.get(f, "") for f in optional}
         except KeyError:
             return None
         values |= {"h_shape": tuple(values["h_shape"]), "method_params": canonical(values["method_params"]), "regions": canonical(values["regions"])}

@@ -47,15 +47,17 @@ def find_directions(
     cache: DiscoveryCache | None = None,
 ) -> DirectionSet:
     """The direction set of a latent (x of one image, or of several: one set of their operators summed,
-    J^T M J = sum_i J_i^T M J_i) at its timestep, in the regions' `masks` (N, 1, H, W). Its metadata records
-    the model, t, the method and its parameters, and how many of its solves `cache` held."""
+    J^T M J = sum_i J_i^T M J_i) at its timestep, in the regions' `masks` (N, 1, H, W) in image pixels (weights on
+    the Jacobian's output by the model's rule, `HSpaceModel.output_masks`). Its metadata records the model, t, the
+    method and its parameters, and how many of its solves `cache` held."""
     check_grad_mode()
+    masks = model.output_masks(masks)
     method.check(regions, masks, math.prod(model.h_shape))
     cache = cache or DiscoveryCache(None)
     before = (cache.counts.hits, cache.counts.computed)
     x_t, t = latent.x, latent.t
     # The operator is decided by the model's weights and the point x_t, t where it is taken (and the arithmetic).
-    operator = {"model": model.fingerprint, "x_t": tensor_digest(x_t), "t": t, "dtype": str(x_t.dtype), "device": x_t.device.type}
+    operator = {**model.identity, "x_t": tensor_digest(x_t), "t": t, "dtype": str(x_t.dtype), "device": x_t.device.type}
     with torch.enable_grad():
         jacs = [JacobianOperator.of_decoder(model, model.encode(x, t), chunk_size) for x in x_t.split(1)]
         try:
@@ -131,6 +133,9 @@ class ImageDiscovery(nn.Module):
         self.model, self.ddim, self.method, self.regions = model, ddim, method, regions
         self.region_preset, self.segmentation, self.diffusion, self.settings = region_preset, segmentation, diffusion, settings
         self.t = ddim.timestep_at(diffusion.timestep)
+        if self.automatic and model.encodes_images:
+            raise ValueError(f"automatic regions (auto: true) are found on the pixel models' decoder features; {model.name} is a "
+                             "latent model: give its regions a box, a preset name or a mask file")
         if self.automatic:
             # Automatic masks differ per image: they are found, and the method checks them, image by image.
             check_auto_names(regions, region_preset, segmentation)
@@ -140,8 +145,8 @@ class ImageDiscovery(nn.Module):
                                  "regions differ per image: give the regions a box or a mask file to pool")
             fixed = torch.empty(0)
         else:
-            fixed = region_masks(regions, model.output_shape[-1])
-            method.check(regions, fixed, math.prod(model.h_shape))
+            fixed = region_masks(regions, model.pixel_shape[-1])
+            method.check(regions, model.output_masks(fixed), math.prod(model.h_shape))
         self.register_buffer("fixed_masks", fixed, persistent=False)
         self.store = DirectionStore(settings.directions, model, names)
         self.earlier_runs: list[RunLayout] = []
@@ -168,7 +173,7 @@ class ImageDiscovery(nn.Module):
         to it; from the discovery cache where an earlier run reached the same latent."""
         device = self.fixed_masks.device
         source = {"seed": int(item.seed)} if item.image is None else {"pixels": pixel_digest(item.image), "how": canonical_latent(self.diffusion)}
-        key = {"model": self.model.fingerprint, **source, "t": self.t, "num_steps": self.ddim.num_steps,
+        key = {**self.model.identity, **source, "t": self.t, "num_steps": self.ddim.num_steps,
                "dtype": str(self.model.dtype), "device": device.type}
         return self.cache.latent(key, lambda: self.compute_latent(item), device)
 
@@ -176,17 +181,17 @@ class ImageDiscovery(nn.Module):
         if item.image is None:
             x_T = torch.randn(self.model.image_shape, generator=torch.Generator().manual_seed(int(item.seed)))[None]
             return self.ddim.latent_from_noise(x_T.to(self.fixed_masks.device), self.t)
-        inversion = self.diffusion.inversion
+        inversion, x0 = self.diffusion.inversion, self.model.to_sample(item.image[None])
         if self.diffusion.invert_to == "t":
-            return self.ddim.invert(item.image[None], stop=self.t, inversion=inversion)
-        return self.ddim.descend(self.ddim.invert(item.image[None], inversion=inversion), self.t)
+            return self.ddim.invert(x0, stop=self.t, inversion=inversion)
+        return self.ddim.descend(self.ddim.invert(x0, inversion=inversion), self.t)
 
     def image_masks(self, latent: Latent, image_id: str) -> tuple[Tensor, list[AutoRegion] | None]:
         """(N, 1, H, W) region masks of one image, and its automatic parts where some region is automatic."""
         if not self.automatic:
             return self.fixed_masks, None
         # The parts as found, before any grow: one entry serves every margin.
-        key = {"model": self.model.fingerprint, "x_t": tensor_digest(latent.x), "noise": tensor_digest(latent.noise),
+        key = {**self.model.identity, "x_t": tensor_digest(latent.x), "noise": tensor_digest(latent.noise),
                "t": latent.t, "clip": latent.clip, "num_steps": self.ddim.num_steps, "preset": self.region_preset,
                "segmentation": asdict(replace(self.segmentation, grow=0)), "dtype": str(latent.x.dtype), "device": latent.x.device.type}
         compute = partial(auto_regions, self.ddim, latent, self.region_preset, self.segmentation, self.settings.chunk_size)

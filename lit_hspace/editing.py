@@ -42,6 +42,7 @@ class ImageEdits:
     strengths: tuple[float, ...]
     edits: Tensor  # (D, S, C, H, W); the strength-0 column is the reconstruction itself
     shift_per_unit: tuple[float, ...] = ()  # per direction, ||delta h|| of strength 1 (edit.units); empty: 1 each
+    roundtrip: Tensor | None = None  # (C, H, W): latent models, the input through the VAE alone (encode, decode); else None
 
     @property
     def masks(self) -> Tensor:
@@ -80,10 +81,13 @@ class Editor:
 
     @torch.no_grad()
     def edit(self, image_id: str, latent: Latent, dset: DirectionSet, input: Tensor | None, masks: Tensor) -> ImageEdits:
-        """Sample the reconstruction once, and every (direction, non-zero strength) edit in batches; `masks`
-        (N, 1, H, W) are the image's region masks, which each edit's change is measured in."""
+        """Sample the reconstruction once, and every (direction, non-zero strength) edit in batches, as images (decoded
+        by the VAE for latent models); `masks` (N, 1, H, W) are the image's region masks, which each edit's change is
+        measured in."""
         picked = self.pick(dset, masks)
-        reconstruction = self.ddim.sample(latent)[0]
+        model = self.ddim.model
+        reconstruction = model.to_image(self.ddim.sample(latent))[0]
+        roundtrip = model.to_image(model.to_sample(input[None]))[0] if input is not None and model.encodes_images else None
         strengths = torch.tensor(self.settings.strengths, device=latent.x.device, dtype=latent.x.dtype)
         vectors = dset.directions[[d.index for d in picked]].to(latent.x)
         per_unit = shift_per_unit(self.ddim.model, latent, self.settings.units, vectors)  # (D,)
@@ -96,10 +100,10 @@ class Editor:
         with tqdm(total=len(todo), desc=f"{image_id}: edits", unit="edit", leave=False, disable=not self.progress or not len(todo)) as bar:
             for batch in batches:
                 edit = Edit(deltas[batch], latent.t, self.settings.injection)
-                out[batch] = self.ddim.sample(latent.expand(len(batch)), edit=edit)
+                out[batch] = model.to_image(self.ddim.sample(latent.expand(len(batch)), edit=edit))
                 bar.update(len(batch))
         edits = out.unflatten(0, (len(picked), len(strengths)))
-        return ImageEdits(image_id, input, reconstruction, picked, self.settings.strengths, edits, tuple(per_unit.tolist()))
+        return ImageEdits(image_id, input, reconstruction, picked, self.settings.strengths, edits, tuple(per_unit.tolist()), roundtrip)
 
 
 def shift_per_unit(model: HSpaceModel, latent: Latent, units: StrengthUnits, vectors: Tensor) -> Tensor:

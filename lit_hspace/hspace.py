@@ -1,11 +1,13 @@
 """The h-space model interface, and its first implementation: a frozen diffusers UNet2DModel split at its
 bottleneck, h = the mid-block output.
 
-The rest of lit_hspace sees only `HSpaceModel`: encode an image at a timestep to h and the state the part after h
-needs (`Encoded`), decode h to the noise prediction, the image, h and output shapes, the noise schedule, a
+The rest of lit_hspace sees only `HSpaceModel`: encode a sample at a timestep to h and the state the part after h
+needs (`Encoded`), decode h to the noise prediction, the sample, pixel, h and output shapes, the noise schedule, a
 fingerprint of the weights, a name, dtype and device, and the decoder's blocks (where automatic regions read
-features). The part before h runs once per image and timestep; Jacobian products and edits run only the part after h.
-`load_model` turns a model name or path into one.
+features); images to samples and back (`to_sample`, `to_image`: the identity here, the VAE for latent models) and
+region masks in pixels to the Jacobian's output (`output_masks`). The part before h runs once per image and
+timestep; Jacobian products and edits run only the part after h. The second implementation, for latent and
+text-conditioned models, is `lit_hspace.latent.LatentHSpaceModel`. `load_model` turns a model name or path into one.
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
+from typing import TYPE_CHECKING
+
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from lit_hspace.settings import LatentSettings
 
 # Models that need no download: name -> UNet2DModel config. Weights are drawn from a fixed seed,
 # so these exercise the whole pipeline (and time it) but carry no semantics.
@@ -58,7 +65,8 @@ PACKAGED_MODELS = {
     # The first one, h at 8 x 8: its noise prediction is smaller than h (a free null space; see docs/synth.md).
     "synth-faces-8x8": Path(__file__).parent / "synth" / "weights" / "synth-faces-8x8",
 }
-KNOWN_NAMES = (*PACKAGED_MODELS, *BUILTIN_MODELS)
+KNOWN_NAMES = (*PACKAGED_MODELS, *BUILTIN_MODELS, "tiny-latent-sd")  # the last: lit_hspace.latent's built-in
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")  # other codebases' checkpoint files, which need converting
 
 
 @dataclass
@@ -69,6 +77,7 @@ class Encoded:
     skips: tuple[Tensor, ...]
     emb: Tensor
     timesteps: Tensor
+    context: Tensor | None = None  # text-conditioned models: the text encoder's states the cross-attention reads
 
     def expand(self, batch: int) -> Encoded:
         """The state of a batch-1 encoding repeated `batch` times, without copies."""
@@ -76,16 +85,30 @@ class Encoded:
         def rep(x: Tensor) -> Tensor:
             return x.expand(batch, *x.shape[1:])
 
-        return Encoded(rep(self.h), tuple(rep(s) for s in self.skips), rep(self.emb), rep(self.timesteps))
+        context = None if self.context is None else rep(self.context)
+        return Encoded(rep(self.h), tuple(rep(s) for s in self.skips), rep(self.emb), rep(self.timesteps), context)
+
+
+def weights_fingerprint(config: dict, modules: list[nn.Module]) -> str:
+    """A short hash of a configuration (JSON) and every weight of `modules`."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 class HSpaceModel(nn.Module, ABC):
     """A frozen diffusion model split at h: what discovery, inversion, editing, segmentation and metrics need of it.
 
-    Attributes every implementation sets: `name`; `image_shape` (C, H, W) of what the sampler denoises;
-    `h_shape`; `output_shape` (C, H, W) of the noise prediction that `decode` returns (the Jacobian's rows);
-    `scheduler_config` (a diffusers DDPMScheduler config); `num_train_timesteps`.
+    Attributes every implementation sets: `name`; `image_shape` (C, H, W) of what the sampler denoises (a latent
+    for latent models); `h_shape`; `output_shape` (C, H, W) of what `jacobian_decode` returns (the Jacobian's rows);
+    `scheduler_config` (a diffusers DDPMScheduler config); `num_train_timesteps`. Pixel models keep the defaults
+    of the rest: images are samples, region masks weigh the output as they are, no conditioning.
     """
+
+    encodes_images = False  # whether images pass through an autoencoder to become samples (latent models)
 
     name: str
     image_shape: tuple[int, int, int]
@@ -113,6 +136,38 @@ class HSpaceModel(nn.Module, ABC):
         """The blocks of the part after h, in order (their outputs are the features automatic regions read)."""
 
     @property
+    def pixel_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images: what data is resized to, and what regions and metrics measure."""
+        return self.image_shape
+
+    def to_sample(self, images: Tensor) -> Tensor:
+        """Images (B, C, H, W) in [-1, 1] -> what the sampler denoises."""
+        return images
+
+    def to_image(self, samples: Tensor) -> Tensor:
+        """What the sampler returns -> images in [-1, 1] (about: a VAE's decoder does not clip)."""
+        return samples
+
+    def output_masks(self, masks: Tensor) -> Tensor:
+        """Region masks (N, 1, H, W) at `pixel_shape` -> the weights on the Jacobian's output (`output_shape`)."""
+        return masks
+
+    def jacobian_decode(self, h: Tensor, enc: Encoded) -> Tensor:
+        """The function of h whose Jacobian discovery takes (`output_shape` per image): the noise prediction here."""
+        return self.decode(h, enc)
+
+    @property
+    def conditioning(self) -> str:
+        """What conditions the prediction besides the weights (prompt, guidance, the Jacobian's branch), as canonical
+        JSON; "" for unconditional models. Every discovery key and cache key holds it."""
+        return ""
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """What identifies the function the keys are about: the weights' fingerprint, and any conditioning."""
+        return {"model": self.fingerprint} | ({"conditioning": self.conditioning} if self.conditioning else {})
+
+    @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
@@ -128,6 +183,29 @@ class HSpaceModel(nn.Module, ABC):
 
 class _ReachedH(Exception):
     """Raised by the hook at h to stop diffusers' forward there: the part after h is not needed to encode."""
+
+
+def run_to_h(unet: nn.Module, sample: Tensor, timesteps: Tensor, context: Tensor | None = None) -> Encoded:
+    """A diffusers UNet's own forward (UNet2DModel, or UNet2DConditionModel with text states `context`), stopped at h
+    by a hook; hooks keep the skips (conv_in's output, then each down block's), the embedding the mid block gets, and h."""
+    skips: list[Tensor] = []
+    found: dict[str, Tensor] = {}
+
+    def at_h(_module, args, h):
+        found["emb"], found["h"] = args[1], h
+        raise _ReachedH
+
+    hooks = [unet.conv_in.register_forward_hook(lambda _m, _a, out: skips.append(out))]
+    hooks += [block.register_forward_hook(lambda _m, _a, out: skips.extend(out[1])) for block in unet.down_blocks]
+    hooks.append(unet.mid_block.register_forward_hook(at_h))
+    try:
+        unet(sample, timesteps) if context is None else unet(sample, timesteps, context)
+    except _ReachedH:
+        pass
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return Encoded(found["h"], tuple(skips), found["emb"], timesteps, context)
 
 
 class HSpaceUNet(HSpaceModel):
@@ -165,7 +243,7 @@ class HSpaceUNet(HSpaceModel):
         if Path(name_or_path).is_dir():
             return cls._from_local_dir(Path(name_or_path))
         path = Path(name_or_path)
-        if path.suffix in (".pt", ".pth", ".ckpt", ".bin"):  # other codebases' checkpoints, as their repositories ship them
+        if path.suffix in CHECKPOINT_SUFFIXES:  # other codebases' checkpoints, as their repositories ship them
             how = (
                 "convert it first with `python -m lit_hspace.convert adm FILE --preset NAME --out DIR` (OpenAI-format .pt: "
                 "guided-diffusion, improved-diffusion, P2-weighting; presets: `python -m lit_hspace.convert adm --list`) or "
@@ -186,18 +264,22 @@ class HSpaceUNet(HSpaceModel):
 
     @classmethod
     def _from_local_dir(cls, path: Path) -> HSpaceUNet:
+        pipeline = pipeline_class(path)
+        if pipeline in supported_pipelines() and pipeline not in PIXEL_PIPELINES:
+            raise ValueError(f"'{path}' is a {pipeline} directory, a latent model: load it with lit_hspace.load_model (a "
+                             "LatentHSpaceModel), not as a pixel-space HSpaceUNet")
+        if pipeline is not None and pipeline not in PIXEL_PIPELINES:
+            raise ValueError(unsupported_pipeline(path, pipeline))
         unet_dir = path / "unet" if (path / "unet" / "config.json").is_file() else path
         if not (unet_dir / "config.json").is_file():
             raise FileNotFoundError(
                 f"'{path}' is not a diffusers UNet2DModel directory: no config.json in it or in its unet/ folder."
             )
         found = json.loads((unet_dir / "config.json").read_text()).get("_class_name", "UNet2DModel")
-        if found != "UNet2DModel":  # a latent or text-conditioned pipeline's UNet, before diffusers fails on its weights
-            pipeline = json.loads((path / "model_index.json").read_text()).get("_class_name") if (path / "model_index.json").is_file() else None
+        if found != "UNet2DModel":  # a latent pipeline's UNet given alone, before diffusers fails on its weights
             raise ValueError(
-                f"'{path}' holds a {found}" + (f" ({pipeline})" if pipeline else "") + ": lit_hspace loads pixel-space "
-                "UNet2DModel checkpoints (DDPMPipeline and DDIMPipeline directories, google/ddpm-*, converted OpenAI-format "
-                "and DDIM-repo checkpoints); latent and text-conditioned pipelines (Stable Diffusion, LDM) are not supported yet"
+                f"'{path}' holds a {found} without its pipeline's model_index.json: give the whole pipeline directory "
+                f"(with unet/, vae/ and the rest) of a supported pipeline ({', '.join(supported_pipelines())})"
             )
         unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)
         for sched_dir in (path / "scheduler", path):
@@ -208,26 +290,7 @@ class HSpaceUNet(HSpaceModel):
 
     @classmethod
     def _from_hub(cls, repo_id: str) -> HSpaceUNet:
-        from huggingface_hub import model_info, snapshot_download
-
-        how = (
-            f"Download it where there is network (`hf download {repo_id} --local-dir DIR`) and pass the "
-            "directory as the model (`--model.init_args.model DIR`), or point HF_HOME at a cache that holds it."
-        )
-        try:  # the local cache first: no network needed when the model was downloaded before
-            path = snapshot_download(repo_id, local_files_only=True)
-        except Exception:
-            if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-                raise OSError(f"Model '{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set. {how}")
-            try:  # fails within seconds where the Hub cannot be reached, instead of retrying each file
-                model_info(repo_id, timeout=10)
-            except Exception as err:
-                raise OSError(
-                    f"Model '{repo_id}' is neither a built-in model ({', '.join(KNOWN_NAMES)}), a local directory, "
-                    f"nor reachable on the Hugging Face Hub ({type(err).__name__}: {err}). {how}"
-                ) from None
-            path = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin"])
-        model = cls._from_local_dir(Path(path))
+        model = cls._from_local_dir(hub_snapshot(repo_id))
         model.name = repo_id
         return model
 
@@ -237,58 +300,101 @@ class HSpaceUNet(HSpaceModel):
         frozen). Stored sets and the discovery cache trust it: a checkpoint fine-tuned in any layer gets another."""
         config = {k: v for k, v in self.unet.config.items() if not k.startswith("_")}
         config["scheduler"] = {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}
-        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-        for name, tensor in self.unet.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return weights_fingerprint(config, [self.unet])
 
     def encode(self, sample: Tensor, timestep: int | Tensor) -> Encoded:
-        """The part before h: UNet2DModel.forward itself, stopped at h by a hook; hooks keep the skips (conv_in's
-        output, then each down block's), the embedding the mid block gets, and h."""
-        unet = self.unet
-        if unet.class_embedding is not None:
+        """The part before h: UNet2DModel.forward itself, stopped at h (`run_to_h`)."""
+        if self.unet.class_embedding is not None:
             raise ValueError("class-conditional UNets are not supported: h-space editing needs an unconditional model")
         timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
-        skips: list[Tensor] = []
-        found: dict[str, Tensor] = {}
-
-        def at_h(_module, args, h):
-            found["emb"], found["h"] = args[1], h
-            raise _ReachedH
-
-        hooks = [unet.conv_in.register_forward_hook(lambda _m, _a, out: skips.append(out))]
-        hooks += [block.register_forward_hook(lambda _m, _a, out: skips.extend(out[1])) for block in unet.down_blocks]
-        hooks.append(unet.mid_block.register_forward_hook(at_h))
-        try:
-            unet(sample, timesteps)
-        except _ReachedH:
-            pass
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return Encoded(found["h"], tuple(skips), found["emb"], timesteps)
+        return run_to_h(self.unet, sample, timesteps)
 
     def decode(self, h: Tensor, enc: Encoded) -> Tensor:
         """The part after h (UNet2DModel.forward, steps 5-6): the noise prediction (in_channels channels)."""
-        unet = self.unet
-        skips, skip_sample, sample = enc.skips, None, h
-        for block in unet.up_blocks:
-            res, skips = skips[-len(block.resnets) :], skips[: -len(block.resnets)]
-            if hasattr(block, "skip_conv"):
-                sample, skip_sample = block(sample, res, enc.emb, skip_sample)
-            else:
-                sample = block(sample, res, enc.emb)
-        sample = unet.conv_out(unet.conv_act(unet.conv_norm_out(sample)))
-        if skip_sample is not None:
-            sample = sample + skip_sample
-        if unet.config.time_embedding_type == "fourier":
-            sample = sample / enc.timesteps.reshape(-1, 1, 1, 1)
-        if unet.config.out_channels > unet.config.in_channels:
-            sample = sample[:, : unet.config.in_channels]  # learned variance after the noise: keep the noise
-        return sample
+        return unet2d_decode(self.unet, h, enc)
 
 
-def load_model(name_or_path: str) -> HSpaceModel:
-    """The h-space model a config names: a built-in model, a local diffusers directory or a Hub id (HSpaceUNet)."""
-    return HSpaceUNet.from_pretrained(name_or_path)
+def unet2d_decode(unet: UNet2DModel, h: Tensor, enc: Encoded) -> Tensor:
+    """The part after h of a UNet2DModel (its forward, steps 5-6): the noise prediction (in_channels channels)."""
+    skips, skip_sample, sample = enc.skips, None, h
+    for block in unet.up_blocks:
+        res, skips = skips[-len(block.resnets) :], skips[: -len(block.resnets)]
+        if hasattr(block, "skip_conv"):
+            sample, skip_sample = block(sample, res, enc.emb, skip_sample)
+        else:
+            sample = block(sample, res, enc.emb)
+    sample = unet.conv_out(unet.conv_act(unet.conv_norm_out(sample)))
+    if skip_sample is not None:
+        sample = sample + skip_sample
+    if unet.config.time_embedding_type == "fourier":
+        sample = sample / enc.timesteps.reshape(-1, 1, 1, 1)
+    if unet.config.out_channels > unet.config.in_channels:
+        sample = sample[:, : unet.config.in_channels]  # learned variance after the noise: keep the noise
+    return sample
+
+
+PIXEL_PIPELINES = ("DDPMPipeline", "DDIMPipeline")
+
+
+def supported_pipelines() -> list[str]:
+    from lit_hspace.latent import LATENT_PIPELINES
+
+    return [*PIXEL_PIPELINES, *LATENT_PIPELINES]
+
+
+def pipeline_class(path: Path) -> str | None:
+    """The pipeline class a diffusers directory's model_index.json names; None without one (a bare UNet directory)."""
+    index = path / "model_index.json"
+    return json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+
+
+def unsupported_pipeline(path: Path, pipeline: str) -> str:
+    return (f"'{path}' is a {pipeline} directory, which lit_hspace does not load: supported pipelines are "
+            f"{', '.join(supported_pipelines())} (docs/models.md, docs/latent.md)")
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """The local copy of a Hugging Face Hub repository: from the cache, else downloaded; offline, an error that names
+    the model and how to pass a local directory instead."""
+    from huggingface_hub import model_info, snapshot_download
+
+    how = (
+        f"Download it where there is network (`hf download {repo_id} --local-dir DIR`) and pass the "
+        "directory as the model (`--model.init_args.model DIR`), or point HF_HOME at a cache that holds it."
+    )
+    try:  # the local cache first: no network needed when the model was downloaded before
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+            raise OSError(f"Model '{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set. {how}")
+        try:  # fails within seconds where the Hub cannot be reached, instead of retrying each file
+            model_info(repo_id, timeout=10)
+        except Exception as err:
+            raise OSError(
+                f"Model '{repo_id}' is neither a built-in model ({', '.join(KNOWN_NAMES)}), a local directory, "
+                f"nor reachable on the Hugging Face Hub ({type(err).__name__}: {err}). {how}"
+            ) from None
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt"]))  # .txt: CLIP merges
+
+
+def load_model(name_or_path: str, latent: LatentSettings | None = None) -> HSpaceModel:
+    """The h-space model a config names: a built-in model, a local diffusers directory or a Hub id. Pixel DDPM
+    directories (and bare UNet2DModel ones) give an HSpaceUNet; Stable Diffusion and latent DDPM pipelines, and the
+    built-in latent models, a LatentHSpaceModel with the `latent` settings (prompt, guidance), which a pixel model refuses."""
+    from lit_hspace.latent import BUILTIN_LATENT_MODELS, LATENT_PIPELINES, LatentHSpaceModel
+    from lit_hspace.settings import LatentSettings
+
+    latent = LatentSettings() if latent is None else latent
+    if name_or_path in BUILTIN_LATENT_MODELS:
+        return LatentHSpaceModel.builtin(name_or_path, latent)
+    path = Path(name_or_path)
+    is_hub_id = name_or_path not in KNOWN_NAMES and not path.exists() and "/" in name_or_path and path.suffix not in CHECKPOINT_SUFFIXES
+    if is_hub_id:
+        path = hub_snapshot(name_or_path)
+    if path.is_dir() and pipeline_class(path) in LATENT_PIPELINES:
+        model = LatentHSpaceModel.from_pipeline(path, latent)
+    else:
+        latent.check_unconditional(name_or_path, "a pixel-space unconditional model")
+        model = HSpaceUNet.from_pretrained(str(path) if path.is_dir() else name_or_path)
+    model.name = name_or_path
+    return model

@@ -65,8 +65,8 @@ class JacobianOperator:
 
     @classmethod
     def of_decoder(cls, model: HSpaceModel, enc: Encoded, chunk_size: int | None = None) -> JacobianOperator:
-        """The Jacobian of the part after h, at the h of a batch-1 encoding."""
-        return cls(lambda h: model.decode(h, enc.expand(h.shape[0])), enc.h, chunk_size)
+        """The Jacobian of the part after h (`HSpaceModel.jacobian_decode`), at the h of a batch-1 encoding."""
+        return cls(lambda h: model.jacobian_decode(h, enc.expand(h.shape[0])), enc.h, chunk_size)
 
     @property
     def dim(self) -> int:

@@ -138,6 +138,7 @@ class RunManifest:
     status: Status = "finished"
     error: str | None = None  # a failed run's exception, as `Type: message`
     directions: dict[str, DirectionOrigin] = field(default_factory=dict)  # image id -> where its set came from
+    model_settings: dict[str, Any] = field(default_factory=dict)  # latent models' prompt, guidance... (LatentSettings)
 
     def __post_init__(self) -> None:
         self.directions = {image: DirectionOrigin(**o) if isinstance(o, dict) else o for image, o in self.directions.items()}

@@ -135,6 +135,9 @@ class EditMetrics(nn.Module):
         # No compute groups: two means that happen to agree on the first image must not be merged.
         self.means = MetricCollection({key: MeanMetric() for key in keys}, prefix="test/", compute_groups=False)
         self.reconstruction_mae = MeanMetric()
+        # Latent models: the error of the VAE alone (input vs its encode-decode round trip), and of the inversion in
+        # latent space seen in pixels (that round trip vs the reconstruction).
+        self.vae_mae, self.inversion_mae = MeanMetric(), MeanMetric()
         self.probe_start_error = MeanMetric()
 
     @property
@@ -170,6 +173,10 @@ class EditMetrics(nn.Module):
             mae = (to_unit(image.input).float() - reference[0]).abs().mean()
             self.reconstruction_mae.update(mae)
             mae = mae.item()
+        if image.roundtrip is not None:
+            roundtrip = to_unit(image.roundtrip).float()
+            self.vae_mae.update((to_unit(image.input).float() - roundtrip).abs().mean())
+            self.inversion_mae.update((roundtrip - reference[0]).abs().mean())
         start_error = None
         if self.factors is not None and known_factors is not None:
             from lit_hspace.synth.probe import normalise_factors

@@ -23,7 +23,7 @@ from lit_hspace.methods import RBE, DiscoveryMethod
 from lit_hspace.metrics import EditMetrics
 from lit_hspace.regions import Region, resolve_regions
 from lit_hspace.segment import Segmentation
-from lit_hspace.settings import DiffusionSettings, DiscoverySettings, EditSettings
+from lit_hspace.settings import DiffusionSettings, DiscoverySettings, EditSettings, LatentSettings
 from lit_hspace.steps import Discovered, ImageResult
 
 
@@ -42,6 +42,8 @@ class HSpaceEditor(L.LightningModule):
         edit: strengths, which directions, injection (`EditSettings`).
         discovery: seed, chunk size, given direction sets (`DiscoverySettings`).
         metrics: what each edit is scored by, against the reconstruction (lit_hspace.metrics.METRICS).
+        latent: latent and text-conditioned models' prompt, guidance, Jacobian branch, mask space and precision
+            (`LatentSettings`, docs/latent.md).
     """
 
     def __init__(
@@ -55,16 +57,17 @@ class HSpaceEditor(L.LightningModule):
         edit: EditSettings = EditSettings(),
         discovery: DiscoverySettings = DiscoverySettings(),
         metrics: list[str] | None = None,
+        latent: LatentSettings = LatentSettings(),
     ):
         super().__init__()
         self.method = method if method is not None else RBE()
         self.regions = resolve_regions(regions if regions is not None else ["mouth"], region_preset)
         if edit.names is not None and discovery.directions is None:
             raise ValueError("edit.names picks named directions of given direction sets: set discovery.directions as well")
-        self.diffusion, self.discovery = diffusion, discovery
-        self.hspace = load_model(model)
+        self.diffusion, self.discovery, self.latent = diffusion, discovery, latent
+        self.hspace = load_model(model, latent)
         self.ddim = DDIM(self.hspace, diffusion.num_steps)
-        self.image_size = self.hspace.image_shape[-1]
+        self.image_size = self.hspace.pixel_shape[-1]
         self.images = ImageDiscovery(self.hspace, self.ddim, self.method, self.regions, region_preset, segmentation, diffusion, discovery, edit.names)
         self.t = self.images.t
         self.editor = Editor(self.ddim, self.regions, edit)
@@ -83,7 +86,7 @@ class HSpaceEditor(L.LightningModule):
         latent = json.loads(canonical_latent(self.diffusion)) | {"source": "images"} if from_images else {"source": "seeds"}
         return RunManifest(stage, self.hspace.name, self.hspace.fingerprint, self.method.name, self.method.params(),
                            self.images.region_entries(), self.diffusion.timestep, self.t, self.ddim.num_steps, latent,
-                           asdict(self.editor.settings), self.discovery.directions)
+                           asdict(self.editor.settings), self.discovery.directions, model_settings=asdict(self.latent))
 
     def on_test_start(self) -> None:
         check_grad_mode()
@@ -107,7 +110,7 @@ class HSpaceEditor(L.LightningModule):
         for item, image in zip(items, self.images.direction_sets(items, reuse=False)):
             if image.new_set is None:  # the other images of a pooled batch: their set is the first image's
                 continue
-            shown = None if image.parts is None else item.image if item.image is not None else self.ddim.sample(image.latent)[0]
+            shown = None if image.parts is None else item.image if item.image is not None else self.hspace.to_image(self.ddim.sample(image.latent))[0]
             found.append(Discovered(image.new_set, image.parts, shown))
         return found
 
@@ -128,6 +131,8 @@ class HSpaceEditor(L.LightningModule):
         logged = dict(self.metrics.means) if any(a != 0 for a in self.editor.settings.strengths) else {}  # strength 0 alone: no edit
         logged |= {"test/fid": self.metrics.fid} if self.metrics.fid is not None else {}
         logged |= {"test/reconstruction_mae": self.metrics.reconstruction_mae} if from_images else {}
+        if from_images and self.hspace.encodes_images:  # the VAE's own share (encode-decode alone), and the inversion's
+            logged |= {"test/reconstruction_mae_vae": self.metrics.vae_mae, "test/reconstruction_mae_inversion": self.metrics.inversion_mae}
         logged |= {"test/probe_start_error": self.metrics.probe_start_error} if with_factors and self.metrics.factors is not None else {}
         self.log_dict(logged, on_step=False, on_epoch=True, batch_size=1)
 

@@ -122,3 +122,70 @@ class DiscoverySettings:
             raise ValueError(f"discovery.chunk_size={self.chunk_size} must be at least 1 (or unset for the device's default)")
         if self.directions is not None and not Path(self.directions).exists():
             raise FileNotFoundError(f"discovery.directions '{self.directions}' does not exist (a direction set file or a folder of them)")
+
+
+JacobianBranch = Literal["conditional", "unconditional", "guided"]
+MaskSpace = Literal["latent", "decoded"]
+WeightDtype = Literal["float32", "float16", "bfloat16"]
+
+
+@dataclass(frozen=True)
+class LatentSettings:
+    """Settings of latent and text-conditioned models (Stable Diffusion, latent DDPMs; docs/latent.md). A pixel or
+    unconditional model takes only the defaults: a prompt given to it is refused.
+
+    Args:
+        prompt: the text the model is conditioned on; None: the unconditional (empty-prompt) prediction alone.
+        negative_prompt: the text of the unconditional branch of classifier-free guidance ("" as in diffusers).
+        guidance_scale: w of eps_u + w (eps_c - eps_u); 1 runs the conditional branch alone. Every branch the sampler
+            runs gets the same h shift.
+        jacobian: whose Jacobian directions come from: "guided", the prediction the sampler uses (the guidance
+            combination, with h shifted in both branches; the one branch where there is none); "conditional" or
+            "unconditional", that branch alone (it must be one the sampler runs).
+        mask: where a region weighs the Jacobian's output. "latent": the noise prediction on the latent grid, with
+            the region's pixel mask area-averaged over each latent cell (`lit_hspace.latent.latent_mask`);
+            "decoded": the predicted clean image decoded by the VAE, masked in pixels (a VAE-decoder Jacobian per
+            product; docs/latent.md has what it costs and gains).
+        dtype: the weights' precision; the Jacobian products run in it, what they return is float32.
+    """
+
+    prompt: str | None = None
+    negative_prompt: str = ""
+    guidance_scale: float = 1.0
+    jacobian: JacobianBranch = "guided"
+    mask: MaskSpace = "latent"
+    dtype: WeightDtype = "float32"
+
+    def __post_init__(self) -> None:
+        if self.jacobian not in get_args(JacobianBranch):
+            raise ValueError(f"latent.jacobian '{self.jacobian}' is not one of {get_args(JacobianBranch)}")
+        if self.mask not in get_args(MaskSpace):
+            raise ValueError(f"latent.mask '{self.mask}' is not one of {get_args(MaskSpace)}")
+        if self.dtype not in get_args(WeightDtype):
+            raise ValueError(f"latent.dtype '{self.dtype}' is not one of {get_args(WeightDtype)}")
+        if isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, (int, float)) or not 0 <= self.guidance_scale < float("inf"):
+            raise ValueError(f"latent.guidance_scale={self.guidance_scale!r} must be a finite number >= 0 (1: no guidance; 7.5: Stable Diffusion's default)")
+        if self.prompt is None and self.guidance_scale != 1:
+            raise ValueError(f"latent.guidance_scale={self.guidance_scale} guides towards a prompt, but no latent.prompt is given")
+
+    @property
+    def branches(self) -> tuple[str, ...]:
+        """The branches the sampler runs, in the order they are combined."""
+        if self.prompt is None:
+            return ("unconditional",)
+        return ("unconditional", "conditional") if self.guidance_scale != 1 else ("conditional",)
+
+    def check_branch(self) -> None:
+        """The Jacobian's branch must be one the sampler runs (decided only with a text-conditioned model)."""
+        if self.jacobian != "guided" and self.jacobian not in self.branches:
+            raise ValueError(f"latent.jacobian '{self.jacobian}' is a branch the sampler does not run (prompt={self.prompt!r}, "
+                             f"guidance_scale={self.guidance_scale} runs {list(self.branches)}): choose 'guided' or one of those")
+
+    def check_unconditional(self, model: str, kind: str, allowed: tuple[str, ...] = ()) -> None:
+        """Refuse text and guidance settings (and, for a pixel model, any other of these) for a model without text."""
+        for name in ("prompt", "negative_prompt", "guidance_scale", "jacobian", "mask", "dtype"):
+            value = getattr(self, name)
+            if name not in allowed and value != getattr(LatentSettings, name):
+                raise ValueError(f"model '{model}' is {kind}: it takes no latent.{name} (given {value!r}); "
+                                 "prompts and guidance need a text-conditioned model such as a Stable Diffusion pipeline or "
+                                 "the built-in tiny-latent-sd")

@@ -113,3 +113,34 @@ def inlined(value, folder: Path):
     if isinstance(value, str) and value.endswith(".yaml") and (folder / value).is_file():
         return inlined(yaml.safe_load((folder / value).read_text()), (folder / value).parent)
     return value
+
+
+# -- latent models ---------------------------------------------------------------------------------
+
+FACE_PROMPT = "a photo of a smiling face"
+
+
+@pytest.fixture(scope="session")
+def tiny_latent_guided():
+    """The built-in tiny-latent-sd with a prompt and classifier-free guidance (both branches run)."""
+    from lit_hspace.hspace import load_model
+    from lit_hspace.settings import LatentSettings
+
+    return load_model("tiny-latent-sd", LatentSettings(prompt=FACE_PROMPT, guidance_scale=7.5))
+
+
+def text_states(model, text: str) -> torch.Tensor:
+    """A prompt's text states as diffusers' StableDiffusionPipeline.encode_prompt makes them (tokenizer, then encoder)."""
+    ids = model.tokenizer(text, padding="max_length", max_length=model.tokenizer.model_max_length, truncation=True,
+                          return_tensors="pt").input_ids
+    with torch.no_grad():
+        return model.text_encoder(ids)[0]
+
+
+def shifted_unet(unet, x, t, states, delta_h=None):
+    """diffusers' own UNet forward, with delta_h added to the mid-block output by a hook (None: unshifted)."""
+    hook = unet.mid_block.register_forward_hook(lambda _m, _a, out: out if delta_h is None else out + delta_h)
+    try:
+        return unet(x, t, states).sample if states is not None else unet(x, t).sample
+    finally:
+        hook.remove()

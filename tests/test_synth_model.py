@@ -244,14 +244,3 @@ def test_training_progress_reads_a_checkpoints_ema_weights(tmp_path):
     assert step == 7
     for (name, loaded), expected in zip(model.unet.state_dict().items(), trainer.ema.module.state_dict().values()):
         assert torch.equal(loaded, expected), name
-
-
-def test_a_latent_pipeline_is_refused_by_name(tmp_path):
-    """A Stable Diffusion directory (its UNet a UNet2DConditionModel) stops at once, naming the pipeline and what loads."""
-    import json
-
-    (tmp_path / "unet").mkdir()
-    (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    with pytest.raises(ValueError, match=r"holds a UNet2DConditionModel \(StableDiffusionPipeline\): lit_hspace loads pixel-space UNet2DModel"):
-        HSpaceUNet.from_pretrained(str(tmp_path))
