@@ -322,6 +322,7 @@ def compare_auto_regions(args: argparse.Namespace) -> None:
     command = (f"python experiments/locality/locality.py --auto-regions --methods {' '.join(args.methods)} --source {args.source} "
                f"--num-images {args.num_images}" + (f" --first-image {args.first_image}" if args.first_image else "")
                + f" --region {' '.join(args.region)} --strengths {' '.join(f'{s:g}' for s in args.strengths)}"
+               + (f" --units {args.units}" if args.units != "absolute" else "")
                + (f" --jive-regions {' '.join(args.jive_regions)}" if "jive" in args.methods else "")
                + (" --jive-scale-blocks" if args.jive_scale_blocks else "") + (f" --grow {args.grow}" if args.grow else "")
                + (f" --region-grow {' '.join(args.region_grow)}" if args.region_grow else "")
@@ -449,7 +450,8 @@ def main() -> None:
     command = (f"python experiments/locality/locality.py --methods {' '.join(args.methods)} --source {args.source} --num-images {args.num_images} "
                f"--region {args.region} --reference {args.reference} --pool-sizes {' '.join(map(str, args.pool_sizes))} --transfer-images {len(unseen)} "
                f"--strengths {' '.join(f'{s:g}' for s in args.strengths)}" + (" --skip-locality" if args.skip_locality else "")
-               + (f" --per-group {args.per_group}" if args.per_group else "") + (f" --timestep {args.timestep:g}" if args.timestep else "") + (f" --rotation {args.rotation}" if args.rotation != "none" else ""))
+               + (f" --per-group {args.per_group}" if args.per_group else "") + (f" --timestep {args.timestep:g}" if args.timestep else "") + (f" --rotation {args.rotation}" if args.rotation != "none" else "")
+               + (f" --units {args.units}" if args.units != "absolute" else ""))
     report = "\n\n".join([
         f"# Locality and transfer on the synthetic faces: {args.region} directions",
         f"`{command}` on {platform.machine()} ({torch.get_num_threads()} threads), torch {torch.__version__}. "
