@@ -23,7 +23,7 @@ import torch
 
 from lit_hspace.ddim import DDIM, Edit
 from lit_hspace.discovery import find_directions
-from lit_hspace.hspace import load_model
+from lit_hspace.models import load_model
 from lit_hspace.jacobian import JacobianOperator
 from lit_hspace.methods import Haas
 from lit_hspace.regions import resolve_regions

@@ -42,7 +42,7 @@ def build(name: str, device: str, jacobian: str):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from lit_hspace.hspace import load_model
+    from lit_hspace.models import load_model
     from lit_hspace.latent import LatentHSpaceModel, tiny_tokenizer
     from lit_hspace.settings import LatentSettings
 

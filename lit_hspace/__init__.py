@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 _CORE = {
     "DDIM": "ddim", "Edit": "ddim", "Inversion": "ddim", "Latent": "ddim", "DirectionSet": "directions",
-    "find_directions": "discovery", "HSpaceModel": "hspace", "HSpaceUNet": "hspace", "load_model": "hspace",
+    "find_directions": "discovery", "HSpaceModel": "hspace", "HSpaceUNet": "hspace", "load_model": "models",
     "JIVE": "methods", "RBE": "methods", "Haas": "methods", "Rayleigh": "methods",
     "Region": "regions", "region_masks": "regions", "resolve_regions": "regions",
 }

@@ -9,7 +9,7 @@ from PIL import Image
 
 from lit_hspace.ddim import DDIM, Edit, Latent
 from lit_hspace.directions import DirectionSet
-from lit_hspace.hspace import load_model
+from lit_hspace.models import load_model
 from lit_hspace.metrics import to_unit
 from lit_hspace.editing import shift_per_unit
 from lit_hspace.figures import image_figure

@@ -7,7 +7,8 @@ fingerprint of the weights, a name, dtype and device, and the decoder's blocks (
 features); images to samples and back (`to_sample`, `to_image`: the identity here, the VAE for latent models) and
 region masks in pixels to the Jacobian's output (`output_masks`). The part before h runs once per image and
 timestep; Jacobian products and edits run only the part after h. The second implementation, for latent and
-text-conditioned models, is `lit_hspace.latent.LatentHSpaceModel`. `load_model` turns a model name or path into one.
+text-conditioned models, is `lit_hspace.latent.LatentHSpaceModel`; `lit_hspace.models.load_model` turns a model
+name or path into either.
 """
 
 from __future__ import annotations
@@ -16,18 +17,14 @@ import functools
 import hashlib
 from abc import ABC, abstractmethod
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
-from typing import TYPE_CHECKING
-
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from lit_hspace.settings import LatentSettings
+from lit_hspace.pipelines import PIXEL_PIPELINES, hub_snapshot, pipeline_class, supported_pipelines, unsupported_pipeline
 
 # Models that need no download: name -> UNet2DModel config. Weights are drawn from a fixed seed,
 # so these exercise the whole pipeline (and time it) but carry no semantics.
@@ -290,7 +287,7 @@ class HSpaceUNet(HSpaceModel):
 
     @classmethod
     def _from_hub(cls, repo_id: str) -> HSpaceUNet:
-        model = cls._from_local_dir(hub_snapshot(repo_id))
+        model = cls._from_local_dir(hub_snapshot(repo_id, KNOWN_NAMES))
         model.name = repo_id
         return model
 
@@ -331,70 +328,3 @@ def unet2d_decode(unet: UNet2DModel, h: Tensor, enc: Encoded) -> Tensor:
     if unet.config.out_channels > unet.config.in_channels:
         sample = sample[:, : unet.config.in_channels]  # learned variance after the noise: keep the noise
     return sample
-
-
-PIXEL_PIPELINES = ("DDPMPipeline", "DDIMPipeline")
-
-
-def supported_pipelines() -> list[str]:
-    from lit_hspace.latent import LATENT_PIPELINES
-
-    return [*PIXEL_PIPELINES, *LATENT_PIPELINES]
-
-
-def pipeline_class(path: Path) -> str | None:
-    """The pipeline class a diffusers directory's model_index.json names; None without one (a bare UNet directory)."""
-    index = path / "model_index.json"
-    return json.loads(index.read_text()).get("_class_name") if index.is_file() else None
-
-
-def unsupported_pipeline(path: Path, pipeline: str) -> str:
-    return (f"'{path}' is a {pipeline} directory, which lit_hspace does not load: supported pipelines are "
-            f"{', '.join(supported_pipelines())} (docs/models.md, docs/latent.md)")
-
-
-def hub_snapshot(repo_id: str) -> Path:
-    """The local copy of a Hugging Face Hub repository: from the cache, else downloaded; offline, an error that names
-    the model and how to pass a local directory instead."""
-    from huggingface_hub import model_info, snapshot_download
-
-    how = (
-        f"Download it where there is network (`hf download {repo_id} --local-dir DIR`) and pass the "
-        "directory as the model (`--model.init_args.model DIR`), or point HF_HOME at a cache that holds it."
-    )
-    try:  # the local cache first: no network needed when the model was downloaded before
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:
-        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-            raise OSError(f"Model '{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set. {how}")
-        try:  # fails within seconds where the Hub cannot be reached, instead of retrying each file
-            model_info(repo_id, timeout=10)
-        except Exception as err:
-            raise OSError(
-                f"Model '{repo_id}' is neither a built-in model ({', '.join(KNOWN_NAMES)}), a local directory, "
-                f"nor reachable on the Hugging Face Hub ({type(err).__name__}: {err}). {how}"
-            ) from None
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt"]))  # .txt: CLIP merges
-
-
-def load_model(name_or_path: str, latent: LatentSettings | None = None) -> HSpaceModel:
-    """The h-space model a config names: a built-in model, a local diffusers directory or a Hub id. Pixel DDPM
-    directories (and bare UNet2DModel ones) give an HSpaceUNet; Stable Diffusion and latent DDPM pipelines, and the
-    built-in latent models, a LatentHSpaceModel with the `latent` settings (prompt, guidance), which a pixel model refuses."""
-    from lit_hspace.latent import BUILTIN_LATENT_MODELS, LATENT_PIPELINES, LatentHSpaceModel
-    from lit_hspace.settings import LatentSettings
-
-    latent = LatentSettings() if latent is None else latent
-    if name_or_path in BUILTIN_LATENT_MODELS:
-        return LatentHSpaceModel.builtin(name_or_path, latent)
-    path = Path(name_or_path)
-    is_hub_id = name_or_path not in KNOWN_NAMES and not path.exists() and "/" in name_or_path and path.suffix not in CHECKPOINT_SUFFIXES
-    if is_hub_id:
-        path = hub_snapshot(name_or_path)
-    if path.is_dir() and pipeline_class(path) in LATENT_PIPELINES:
-        model = LatentHSpaceModel.from_pipeline(path, latent)
-    else:
-        latent.check_unconditional(name_or_path, "a pixel-space unconditional model")
-        model = HSpaceUNet.from_pretrained(str(path) if path.is_dir() else name_or_path)
-    model.name = name_or_path
-    return model

@@ -23,14 +23,10 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2DModel, VQModel
 from torch import Tensor, nn
 
-from lit_hspace.hspace import Encoded, HSpaceModel, pipeline_class, run_to_h, unet2d_decode, weights_fingerprint
+from lit_hspace.hspace import Encoded, HSpaceModel, run_to_h, unet2d_decode, weights_fingerprint
+from lit_hspace.pipelines import LATENT_PIPELINES, pipeline_class
 from lit_hspace.settings import LatentSettings
 
-# The pipelines loaded here: pipeline class -> the components (folders) its directory must hold.
-LATENT_PIPELINES = {
-    "StableDiffusionPipeline": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
-    "LDMPipeline": ("unet", "vqvae", "scheduler"),
-}
 
 # A Stable-Diffusion-shaped model with random weights (fixed seeds) that needs no download: 64 x 64 pixels, VAE
 # factor 4, latent 4 x 16 x 16, h 64 x 8 x 8 (larger than the prediction, as in Stable Diffusion), 32-wide text states.

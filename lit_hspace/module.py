@@ -17,7 +17,7 @@ from lit_hspace.callbacks import RunWriter
 from lit_hspace.ddim import DDIM
 from lit_hspace.discovery import ImageDiscovery, batch_items, canonical_latent, check_grad_mode
 from lit_hspace.editing import Editor
-from lit_hspace.hspace import load_model
+from lit_hspace.models import load_model
 from lit_hspace.layout import RunLayout, RunManifest
 from lit_hspace.methods import RBE, DiscoveryMethod
 from lit_hspace.metrics import EditMetrics

@@ -123,7 +123,7 @@ FACE_PROMPT = "a photo of a smiling face"
 @pytest.fixture(scope="session")
 def tiny_latent_guided():
     """The built-in tiny-latent-sd with a prompt and classifier-free guidance (both branches run)."""
-    from lit_hspace.hspace import load_model
+    from lit_hspace.models import load_model
     from lit_hspace.settings import LatentSettings
 
     return load_model("tiny-latent-sd", LatentSettings(prompt=FACE_PROMPT, guidance_scale=7.5))

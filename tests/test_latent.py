@@ -14,9 +14,9 @@ from lit_hspace.cache import DiscoveryCache
 from lit_hspace.ddim import DDIM, Latent
 from lit_hspace.directions import DiscoveryKey
 from lit_hspace.discovery import find_directions
-from lit_hspace.hspace import load_model
+from lit_hspace.models import load_model
 from lit_hspace.jacobian import JacobianOperator, principal_angle_sine
-from lit_hspace.latent import TINY_LATENT_SD, LatentHSpaceModel, latent_mask
+from lit_hspace.latent import LatentHSpaceModel, latent_mask
 from lit_hspace.methods import Haas
 from lit_hspace.regions import Region
 from lit_hspace.settings import LatentSettings

@@ -10,7 +10,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from lit_hspace.data import ImageFiles, image_size, list_images
 from lit_hspace.ddim import DDIM, Latent
-from lit_hspace.hspace import HSpaceModel, load_model
+from lit_hspace.hspace import HSpaceModel
+from lit_hspace.models import load_model
 from lit_hspace.segment import Segmentation, auto_regions, check_preset, check_segmentation, grown
 from lit_hspace.segment.files import write_parts
 

@@ -22,7 +22,8 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchvision.utils import make_grid, save_image
 
 from lit_hspace.ddim import DDIM
-from lit_hspace.hspace import PACKAGED_MODELS, HSpaceModel, load_model
+from lit_hspace.hspace import PACKAGED_MODELS, HSpaceModel
+from lit_hspace.models import load_model
 from lit_hspace.metrics import to_unit
 from lit_hspace.synth.probe import FactorProbe, ProbeFeatures, synth_batch
 from lit_hspace.training import DDPMTrainer
