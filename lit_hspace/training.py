@@ -75,6 +75,11 @@ class DDPMTrainer(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         self.ema.update_parameters(self.unet)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Adam's moments in bfloat16: they halve the checkpoint kept in the repository (optimizer.load_state_dict
+        casts them back to the weights' float32 on resume; bfloat16 keeps float32's range, so no moment underflows)."""
+        checkpoint["optimizer_states"] = [shrunk_moments(state) for state in checkpoint.get("optimizer_states", [])]
+
     def configure_optimizers(self):
         return torch.optim.AdamW(self.unet.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
 
@@ -103,6 +108,15 @@ class DDPMTrainer(L.LightningModule):
         self.ema.module.save_pretrained(path, safe_serialization=True)
         self.scheduler.save_pretrained(path)
         return path
+
+def shrunk_moments(optimizer_state: dict) -> dict:
+    """An optimizer's state_dict with its floating-point per-parameter state in bfloat16 (Adam's step count kept)."""
+    def shrink(key: str, value):
+        return value.bfloat16() if torch.is_tensor(value) and value.is_floating_point() and key != "step" else value
+
+    states = {i: {k: shrink(k, v) for k, v in per_param.items()} for i, per_param in optimizer_state["state"].items()}
+    return {**optimizer_state, "state": states}
+
 
 def run_dir(trainer: L.Trainer) -> Path:
     """The run directory (the logger's log_dir)."""

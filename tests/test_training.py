@@ -70,3 +70,30 @@ def test_data_set_bounds():
     assert data[2]["id"] == "synth0000002"
     with pytest.raises(IndexError, match="image 3 asked for, but the data set has 3"):
         data[3]
+
+
+def test_checkpoints_keep_adams_moments_in_bfloat16_and_resume_them_in_float32():
+    """on_save_checkpoint stores the moments in bfloat16; a fresh optimizer loading them gets float32 moments equal to
+    the originals within bfloat16's precision, and the same step count."""
+    import torch
+
+    from lit_hspace.training import DDPMTrainer
+
+    torch.manual_seed(0)
+    trainer = DDPMTrainer(sample_size=16, block_out_channels=(8, 16), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                          up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    optimizer = trainer.configure_optimizers()
+    x = torch.randn(2, 3, 16, 16)
+    trainer.unet(x, torch.tensor([10, 500])).sample.square().mean().backward()
+    optimizer.step()
+    checkpoint = {"optimizer_states": [optimizer.state_dict()]}
+    trainer.on_save_checkpoint(checkpoint)
+    saved = checkpoint["optimizer_states"][0]["state"]
+    assert all(v.dtype == torch.bfloat16 for s in saved.values() for k, v in s.items() if k != "step")
+    fresh = trainer.configure_optimizers()
+    fresh.load_state_dict(checkpoint["optimizer_states"][0])
+    for p in trainer.unet.parameters():
+        original, restored = optimizer.state[p], fresh.state[p]
+        assert restored["exp_avg"].dtype == torch.float32 and torch.equal(restored["step"], original["step"])
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(restored[key], original[key], rtol=1e-2, atol=0)
