@@ -46,6 +46,16 @@ def probe_fid(real: torch.Tensor, fake: torch.Tensor, probe: FactorProbe) -> flo
     return fid.compute().item()
 
 
+def fid_and_floor(model: HSpaceModel, probe: FactorProbe, num: int) -> tuple[float, float, torch.Tensor]:
+    """The probe-FID of `num` samples (seed 1) against `num` dataset images, the floor (two disjoint dataset sets of
+    `num`), and the samples."""
+    size = model.image_shape[-1]
+    fake = generate(model, num, seed=1)
+    real, _ = synth_batch(range(FID_SEEDS, FID_SEEDS + num), size)
+    other, _ = synth_batch(range(FID_SEEDS + num, FID_SEEDS + 2 * num), size)
+    return probe_fid(real, fake, probe), probe_fid(real, other, probe), fake
+
+
 @torch.no_grad()
 def reconstruction_error(model: HSpaceModel, images: torch.Tensor, steps: int = 50, stop_fraction: float = 1.0) -> float:
     """Mean absolute error (images in [0, 1]) of inversion to stop_fraction * T followed by sampling."""
@@ -81,10 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     grid = [make_grid(x, nrow=8, padding=1, pad_value=1.0) for x in (samples, data)]
     save_image(make_grid(grid, nrow=2, padding=4, pad_value=1.0), target / "samples.png")
 
-    fake = generate(model, args.num_fid, seed=1)
-    real, _ = synth_batch(range(FID_SEEDS, FID_SEEDS + args.num_fid), size)
-    other, _ = synth_batch(range(FID_SEEDS + args.num_fid, FID_SEEDS + 2 * args.num_fid), size)
-    fid, floor = probe_fid(real, fake, probe), probe_fid(real, other, probe)
+    fid, floor, _ = fid_and_floor(model, probe, args.num_fid)
     unseen = data[:32]
     recon_t, recon_T = reconstruction_error(model, unseen, stop_fraction=0.6), reconstruction_error(model, unseen)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from lit_hspace.synth.card import FID_SEEDS, generate, probe_fid
+from lit_hspace.synth.card import FID_SEEDS, fid_and_floor
 from lit_hspace.synth.probe import FactorProbe, synth_batch
 from lit_hspace.training import DDPMTrainer
 
@@ -37,12 +37,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model = trainer.ema_hspace_model()
     model.to(args.device)
     probe, size = FactorProbe.load(), model.image_shape[-1]
-    fake = generate(model, args.num_fid, seed=1)
-    real, _ = synth_batch(range(FID_SEEDS, FID_SEEDS + args.num_fid), size)
-    other, _ = synth_batch(range(FID_SEEDS + args.num_fid, FID_SEEDS + 2 * args.num_fid), size)
-    fid, floor = probe_fid(real, fake, probe), probe_fid(real, other, probe)
+    fid, floor, fake = fid_and_floor(model, probe, args.num_fid)
     if args.grid is not None:
-        grids = [make_grid(x[:64], nrow=8, padding=1, pad_value=1.0) for x in (fake, real)]
+        shown = min(64, args.num_fid)
+        real, _ = synth_batch(range(FID_SEEDS, FID_SEEDS + shown), size)
+        grids = [make_grid(x[:shown], nrow=8, padding=1, pad_value=1.0) for x in (fake, real)]
         save_image(make_grid(grids, nrow=2, padding=4, pad_value=1.0), args.grid)
     found = {"step": step, "probe_fid": fid, "floor": floor, "target": TARGET_OVER_FLOOR * floor}
     print(f"step {step}: probe-FID {fid:.3f} ({fid / floor:.1f}x the floor {floor:.3f}; target {found['target']:.3f}), "
