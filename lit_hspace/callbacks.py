@@ -18,6 +18,8 @@ from lit_hspace.steps import Discovered, ImageResult
 from lit_hspace.segment.files import write_parts
 from lit_hspace.tracking import WandbTracker, loggers_with
 
+OVERVIEW_IMAGES = 8  # images in overview.png (the first this process edited)
+
 
 def edit_rows(result: ImageResult, factor_names: list[str], origin: DirectionOrigin) -> list[dict]:
     """One edits.csv row per (direction, strength) of an image, with where its direction set came from."""
@@ -39,8 +41,9 @@ def image_columns(scores) -> dict[str, float]:
     return {key: value for key, value in found.items() if value is not None}
 
 
-def edit_grid(result: ImageResult):
-    """Rows: directions (index, region, name); columns: the input (image runs), the reconstruction, each strength."""
+def grid_rows(result: ImageResult) -> tuple[list[list], list[str], list[str]]:
+    """An image's grid: cells (rows: directions; columns: the input (image runs), the reconstruction, each strength),
+    column titles and row captions (index, region, name)."""
     edits = result.edits
     first = [("input", edits.input)] if edits.input is not None else []
     first.append(("reconstruction" if edits.input is not None else "sample", edits.reconstruction))
@@ -49,7 +52,7 @@ def edit_grid(result: ImageResult):
         fixed = [outlined(to_unit(image).float().cpu(), direction.mask.cpu()) for _, image in first]
         cells.append(fixed + [to_unit(edits.edits[row, col]).float().cpu() for col in range(len(edits.strengths))])
     columns = [name for name, _ in first] + [f"a = {a:+g}" for a in edits.strengths]
-    return labelled_grid(cells, columns, [d.caption for d in edits.directions])
+    return cells, columns, [d.caption for d in edits.directions]
 
 
 class RunWriter(L.Callback):
@@ -62,6 +65,7 @@ class RunWriter(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         self.layout = RunLayout(Path(trainer.log_dir or trainer.default_root_dir))
+        self.overview: list[tuple[list[str], list, list[str]]] = []  # (columns, cells, captions) of the first images
         self.from_images = False
         self.stage = stage
         if trainer.is_global_zero:  # until it ends, the run is listed as running (unfinished, if it never ends)
@@ -97,7 +101,10 @@ class RunWriter(L.Callback):
                 rank_zero_info(f"{edits.image_id}: directions {origin.source} from {origin.file}")
             self.from_images = edits.input is not None
             self._save_images(result)
-            grid = edit_grid(result)
+            cells, columns, captions = grid_rows(result)
+            grid = labelled_grid(cells, columns, captions)
+            if len(self.overview) < OVERVIEW_IMAGES:
+                self.overview.append((columns, cells, [f"{edits.image_id}  {c}" for c in captions]))
             path = self.layout.grid(edits.image_id)
             path.parent.mkdir(parents=True, exist_ok=True)
             grid.save(path)
@@ -134,6 +141,7 @@ class RunWriter(L.Callback):
                 append_rows(layout.edits_csv, sorted(rows, key=lambda row: row["image"]))
             for part in parts:
                 part.unlink()
+        self._write_overview(trainer)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         layout.metrics_json.write_text(json.dumps(metrics, indent=2) + "\n")
         rows = read_rows(layout.edits_csv) if layout.edits_csv.exists() else []
@@ -145,6 +153,16 @@ class RunWriter(L.Callback):
                 rows = list(csv.reader(f))
             for logger in tables:
                 logger.log_table("edits", columns=rows[0], data=rows[1:])
+
+    def _write_overview(self, trainer) -> None:
+        """overview.png: the first images' rows in one figure, where their columns agree (a run's strengths)."""
+        same = [entry for entry in self.overview if entry[0] == self.overview[0][0]] if self.overview else []
+        if not same:
+            return
+        overview = labelled_grid([row for _, cells, _ in same for row in cells], same[0][0], [c for *_, captions in same for c in captions])
+        overview.save(self.layout.overview)
+        for logger in loggers_with(trainer, "log_image"):
+            logger.log_image("overview", [overview])
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         """A run that stops on an error says so in its run.json, with the error (also when it stops before setup)."""

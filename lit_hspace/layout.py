@@ -9,6 +9,7 @@
         images/<image>/latent.safetensors   that latent: x_t and, for ddpm inversion, its noise maps
         images/<image>/d<i>_<label>_a<strength>.png   every edited image
         grids/<image>.png                   rows: directions; columns: input, reconstruction, strengths
+        overview.png                        the first 8 images' grid rows in one figure
         edits.csv                           one row per edit
         metrics.json                        the means over all edits with a non-zero strength
     runs/cache/                             the discovery cache the experiments share (lit_hspace.cache)
@@ -84,6 +85,11 @@ class RunLayout:
 
     def grid(self, image_id: str) -> Path:
         return self.root / "grids" / f"{image_id}.png"
+
+    @property
+    def overview(self) -> Path:
+        """The first images' grids in one figure (beside grids/, where an image could be named overview)."""
+        return self.root / "overview.png"
 
     @property
     def shared_cache(self) -> Path:

@@ -84,6 +84,9 @@ def parse_error(args: list[str]) -> str | None:
 def check(sweep: dict[str, Any], runs: list[list[str]]) -> None:
     """Every sweep key is known to the CLI and every run's arguments parse, before any run starts."""
     base = base_arguments(sweep)
+    if "config" in sweep["parameters"]:  # keys below the model's class exist once a config names it
+        spec = sweep["parameters"]["config"]
+        base[1:1] = ["--config", str(spec["values"][0] if "values" in spec else spec["value"])]
     for key, spec in sweep["parameters"].items():
         if key != "config":
             value = spec["values"][0] if "values" in spec else spec["value"]

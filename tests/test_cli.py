@@ -112,6 +112,15 @@ def test_pooled_set_of_a_batch_is_the_summed_operators_directions(tmp_path, tiny
     assert principal_angle_sine(found.directions.flatten(1).T, vh[:2].T).item() < 1e-2
     with open(run / "edits.csv") as f:
         assert {r["image"] for r in csv.DictReader(f)} == {"seed000000", "seed000001"}
+    # overview.png: both images' rows (image-major) in one figure; each edit cell is that edit's PNG upscaled 8 times.
+    overview = np.asarray(Image.open(run / "overview.png").convert("RGB"), dtype=np.int16)
+    assert overview.shape[0] == FONT_SIZE + 2 * PAD + 4 * (128 + PAD)
+    left = overview.shape[1] - (1 + len(STRENGTHS)) * (128 + PAD)  # the sample, then the strengths
+    for i, (seed, d) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        for j, a in enumerate(STRENGTHS):
+            png = np.asarray(Image.open(run / "images" / f"seed00000{seed}" / f"d{d:02d}_mouth_a{a:+g}.png"), dtype=np.int16)
+            y, x = FONT_SIZE + 2 * PAD + i * (128 + PAD), left + (1 + j) * (128 + PAD)
+            assert np.array_equal(overview[y : y + 128, x : x + 128], png.repeat(8, 0).repeat(8, 1)), (seed, d, a)
     main(["test", "--config", str(config), "--model.init_args.discovery.pool=true"])
     assert not (tmp_path / "runs" / "pooled" / "version_1" / "directions").exists()  # reused
 
@@ -147,9 +156,9 @@ def test_print_config_of_the_shipped_configs(capsys, tmp_path):
     for config in SHIPPED:
         composed = printed_config(config, capsys)
         written_out = inlined(yaml.safe_load(config.read_text()), config.parent)
-        # The base files' settings reach the parsed config (the default run edits from 0.4T, the rest from 0.6T).
+        # The base files' settings reach the parsed config (the default run edits from 0.3T, the rest from 0.6T).
         timestep = written_out["model"]["init_args"]["diffusion"]["timestep"]
-        assert yaml.safe_load(composed)["model"]["init_args"]["diffusion"]["timestep"] == timestep in (0.4, 0.6)
+        assert yaml.safe_load(composed)["model"]["init_args"]["diffusion"]["timestep"] == timestep in (0.3, 0.6)
         flat = tmp_path / config.name
         flat.write_text(yaml.safe_dump(written_out))
         assert printed_config(flat, capsys) == composed, config

@@ -40,6 +40,8 @@ def run_item(run: Run, out: Path) -> str:
     """A run in the page's list: its directory, its label and settings, links to its per-image grids."""
     grids = sorted({row["image"] for row in run.rows})
     links = " ".join(f"<a href='{html.escape(os.path.relpath(run.layout.grid(image), out))}'>{html.escape(image)}</a>" for image in grids)
+    if run.layout.overview.is_file():
+        links = f"<a href='{html.escape(os.path.relpath(run.layout.overview, out))}'>overview</a> " + links
     sources = sorted({o.source for o in run.manifest.directions.values()})
     return (f"<li><code>{html.escape(str(run.path))}</code>: <b>{html.escape(run.label)}</b>, t={run.manifest.timestep:g}, "
             f"strengths {html.escape(str(run.manifest.edit.get('strengths')))}, directions {html.escape(', '.join(sources) or 'unrecorded')}; "
