@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lit_hspace.cli import main
+from lit_hspace.cli import main, run
 from conftest import write_config
 
 
@@ -63,16 +63,21 @@ def test_a_run_prints_no_advertising_or_irrelevant_warnings_and_a_zero_strength_
     (["--model.init_args.diffusion.timestep", "1.5"], 1, "error: diffusion.timestep=1.5 is outside the schedule"),
     (["--model.init_args.discovery.directions", "{notes}"], 1, "notes.txt' is not a direction set: it is not a safetensors file"),
 ], ids=["typo_in_a_key", "scalar_for_a_list", "list_without_brackets", "own_check", "text_file_as_directions"])
-def test_bad_input_is_one_clear_line_without_a_traceback(args, code, said, tmp_path, tiny_model_dir):
-    """As a user sees it: the key (and the nearest keys, or what is allowed) in one line, no usage dump, no traceback."""
+def test_bad_input_is_one_clear_line_without_a_traceback(args, code, said, tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """As a user sees it: the key (and the nearest keys, or what is allowed) in one line, no usage dump, no traceback.
+    The entry point `python -m lit_hspace` calls, run in this process (a traceback would escape as an exception)."""
     notes = tmp_path / "notes.txt"
     notes.write_text("not a direction set")
     config = write_config(tmp_path, tiny_model_dir, {"class_path": "lit_hspace.methods.Haas", "init_args": {"k": 2}}, {"seeds": [0]})
-    done = run_cli("test", "--config", str(config), *[a.format(notes=notes) for a in args], cwd=tmp_path)
-    assert done.returncode == code
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and said in errors[0], done.stderr
-    assert "Traceback" not in done.stderr and "usage:" not in done.stderr and "Union subtypes" not in done.stderr
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["lit-hspace", "test", "--config", str(config), *[a.format(notes=notes) for a in args]])
+    with pytest.raises(SystemExit) as exit_:
+        run()
+    stderr = capsys.readouterr().err
+    assert exit_.value.code == code
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and said in errors[0], stderr
+    assert "Traceback" not in stderr and "usage:" not in stderr and "Union subtypes" not in stderr
 
 
 def test_each_images_edits_show_a_bar_with_their_total(tiny_model, capsys):

@@ -4,8 +4,8 @@ guided-diffusion-sdk) with random weights; learned-sigma models through lit_hspa
 import argparse
 import json
 import math
+import runpy
 import shlex
-import subprocess
 import sys
 
 import numpy as np
@@ -128,9 +128,12 @@ def test_list_prints_each_preset_with_its_url_and_flags(capsys):
     assert "--num_res_blocks 1" in PRESETS["p2-metfaces"].flags and PRESETS["adm-lsun-bedroom"].url.endswith("lsun_bedroom.pt")
 
 
-def test_module_entry_point():
-    done = subprocess.run([sys.executable, "-m", "lit_hspace.convert", "adm", "--list"], capture_output=True, text=True, check=True)
-    assert "p2-ffhq" in done.stdout and "256x256_diffusion_uncond.pt" in done.stdout
+def test_module_entry_point(monkeypatch, capsys):
+    """`python -m lit_hspace.convert adm --list`, its __main__ run in this process."""
+    monkeypatch.setattr(sys, "argv", ["lit_hspace.convert", "adm", "--list"])
+    runpy.run_module("lit_hspace.convert", run_name="__main__", alter_sys=True)
+    shown = capsys.readouterr().out
+    assert "p2-ffhq" in shown and "256x256_diffusion_uncond.pt" in shown
 
 
 # -- learned sigma through lit_hspace -------------------------------------------------------------

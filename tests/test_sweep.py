@@ -67,12 +67,15 @@ def test_local_sweep_runs_every_point(tmp_path, tiny_model_dir):
 
 
 def tiny_twin(shipped: str | Path, tmp_path: Path, model_dir) -> str:
-    """A shipped config on the tiny model: its method, regions and edit settings, 2 steps, 3 iterations, one seed, MSE only."""
+    """A shipped config on the tiny model: its method, regions and edit settings, 2 steps, 3 iterations (20 of JIVE's
+    alternation), one seed, MSE only."""
     config = inlined(yaml.safe_load(Path(shipped).read_text()), Path(shipped).parent)
     args = config["model"]["init_args"]
     args.update(model=str(model_dir), metrics=["mse"])
     args["diffusion"]["num_steps"] = 2
     args["method"]["init_args"]["max_iter"] = 3  # the grid's shape is what is tested, not converged directions
+    if args["method"]["class_path"].endswith(".JIVE"):
+        args["method"]["init_args"]["jive_max_iter"] = 20
     config["data"] = {"class_path": "lit_hspace.data.HSpaceData", "init_args": {"seeds": [0]}}
     config["trainer"] = {"logger": [{"class_path": "lit_hspace.tracking.RunLogger",
                                      "init_args": {"save_dir": str(tmp_path / "runs"), "name": Path(shipped).stem}},
