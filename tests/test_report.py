@@ -172,6 +172,7 @@ def test_runs_that_do_not_compare_are_separated_and_failed_runs_listed(method_ru
     assert "<h1>regions mouth" in page and "<h1>regions eyes" in page and "group_1/mse_vs_strength.png" in page
     assert "failed (RuntimeError: planted)" in page
     assert "href='../runs/rbe/version_1/grids/seed000000.png'" in page  # the per-image grids, linked
+    assert "href='../runs/rbe/version_1/overview.png'>overview</a>" in page  # and the run's overview
 
 
 def test_composition_works_on_a_run_that_reused_its_directions(method_runs, tmp_path):
