@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from lit_hspace.layout import RunLayout, read_rows
-from lit_hspace.regions import PRESETS
+from lit_hspace.regions import Region
 from lit_hspace.synth.faces import FACTOR_NAMES, FACTORS, render, sample_factors
 from lit_hspace.synth.probe import FactorProbe
 
@@ -28,13 +28,6 @@ MOUTH = ("smile", "mouth_open", "lip_red")
 
 def load(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
-
-
-def box_mask(box: tuple[float, float, float, float], side: int) -> torch.Tensor:
-    """Pixels whose centres lie in the normalised box."""
-    x0, y0, x1, y1 = box
-    c = (torch.arange(side) + 0.5) / side
-    return ((c[None] >= x0) & (c[None] <= x1) & (c[:, None] >= y0) & (c[:, None] <= y1)).float()
 
 
 def changes(probe: FactorProbe, before: torch.Tensor, after: torch.Tensor, target: list[int]) -> tuple[float, float]:
@@ -55,7 +48,7 @@ def run_composites(run: Path, probe: FactorProbe) -> dict[str, np.ndarray]:
         target = [i for i, f in enumerate(FACTORS) if f.region == label]
         before = load(layout.edit_image(image, index, label, 0.0))
         after = load(layout.edit_image(image, index, label, float(row["strength"])))
-        inside = box_mask(PRESETS["synth"][label], before.shape[-1])
+        inside = Region(label).resolved("synth").to_mask(before.shape[-1])  # the run's own inside
         for key, composite in zip(found, (after, before * (1 - inside) + after * inside, after * (1 - inside) + before * inside)):
             found[key].append(changes(probe, before, composite, target))
     return {key: np.array(values) for key, values in found.items()}
