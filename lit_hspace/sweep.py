@@ -50,6 +50,11 @@ def base_arguments(sweep: dict[str, Any]) -> list[str]:
     return command[start:]
 
 
+def grid_values(spec: dict[str, Any]) -> list[Any]:
+    """A parameter's values: its `values`, or its single `value`."""
+    return spec["values"] if "values" in spec else [spec["value"]]
+
+
 def format_value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
@@ -57,7 +62,7 @@ def format_value(value: Any) -> str:
 def expand(sweep: dict[str, Any]) -> list[list[str]]:
     """One argument list per grid point; `config` goes first, as later keys override a config's."""
     keys = list(sweep["parameters"])
-    values = [spec["values"] if "values" in spec else [spec["value"]] for spec in sweep["parameters"].values()]
+    values = [grid_values(spec) for spec in sweep["parameters"].values()]
     runs = []
     for point in itertools.product(*values):
         args = base_arguments(sweep)
@@ -85,12 +90,10 @@ def check(sweep: dict[str, Any], runs: list[list[str]]) -> None:
     """Every sweep key is known to the CLI and every run's arguments parse, before any run starts."""
     base = base_arguments(sweep)
     if "config" in sweep["parameters"]:  # keys below the model's class exist once a config names it
-        spec = sweep["parameters"]["config"]
-        base[1:1] = ["--config", str(spec["values"][0] if "values" in spec else spec["value"])]
+        base[1:1] = ["--config", str(grid_values(sweep["parameters"]["config"])[0])]
     for key, spec in sweep["parameters"].items():
         if key != "config":
-            value = spec["values"][0] if "values" in spec else spec["value"]
-            error = parse_error(base + [f"--{key}={format_value(value)}"])
+            error = parse_error(base + [f"--{key}={format_value(grid_values(spec)[0])}"])
             if error:
                 raise ValueError(f"sweep key '{key}' is not accepted by the CLI ({error})")
     for run in runs:
