@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
+from PIL import Image
 from lightning.pytorch.utilities import rank_zero_info
+import torch.nn.functional as F
+from torch import Tensor
 from torchvision.utils import save_image
 
 from lit_hspace.directions import DirectionSet
@@ -19,6 +23,7 @@ from lit_hspace.segment.files import write_parts
 from lit_hspace.tracking import WandbTracker, loggers_with
 
 OVERVIEW_IMAGES = 8  # images in overview.png (the first this process edited)
+OVERVIEW_SIDE = 256  # larger cells are shrunk to this side there: 8 images of a 512 px model would hold 0.5 GB
 
 
 def edit_rows(result: ImageResult, factor_names: list[str], origin: DirectionOrigin) -> list[dict]:
@@ -41,9 +46,27 @@ def image_columns(scores) -> dict[str, float]:
     return {key: value for key, value in found.items() if value is not None}
 
 
-def grid_rows(result: ImageResult) -> tuple[list[list], list[str], list[str]]:
-    """An image's grid: cells (rows: directions; columns: the input (image runs), the reconstruction, each strength),
-    column titles and row captions (index, region, name)."""
+@dataclass(frozen=True)
+class Grid:
+    """Cells (rows: directions; columns: the input (image runs), the reconstruction, each strength), their column
+    titles and row captions (index, region, name). A run's images share the columns."""
+
+    cells: list[list[Tensor]]
+    columns: list[str]
+    captions: list[str]
+
+    def image(self) -> Image.Image:
+        return labelled_grid(self.cells, self.columns, self.captions)
+
+    def at_most(self, side: int) -> Grid:
+        """The same grid with cells larger than `side` shrunk to it (each pixel the mean of the area it covers)."""
+        def shrunk(cell: Tensor) -> Tensor:
+            return cell if cell.shape[-1] <= side else F.interpolate(cell[None], size=(side, side), mode="area")[0]
+        return replace(self, cells=[[shrunk(c) for c in row] for row in self.cells])
+
+
+def edit_grid(result: ImageResult) -> Grid:
+    """An image's grid of edits."""
     edits = result.edits
     first = [("input", edits.input)] if edits.input is not None else []
     first.append(("reconstruction" if edits.input is not None else "sample", edits.reconstruction))
@@ -52,7 +75,7 @@ def grid_rows(result: ImageResult) -> tuple[list[list], list[str], list[str]]:
         fixed = [outlined(to_unit(image).float().cpu(), direction.mask.cpu()) for _, image in first]
         cells.append(fixed + [to_unit(edits.edits[row, col]).float().cpu() for col in range(len(edits.strengths))])
     columns = [name for name, _ in first] + [f"a = {a:+g}" for a in edits.strengths]
-    return cells, columns, [d.caption for d in edits.directions]
+    return Grid(cells, columns, [d.caption for d in edits.directions])
 
 
 class RunWriter(L.Callback):
@@ -65,7 +88,7 @@ class RunWriter(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         self.layout = RunLayout(Path(trainer.log_dir or trainer.default_root_dir))
-        self.overview: list[tuple[list[str], list, list[str]]] = []  # (columns, cells, captions) of the first images
+        self.overview: list[Grid] = []  # the first images' grids, rows captioned with the image
         self.from_images = False
         self.stage = stage
         if trainer.is_global_zero:  # until it ends, the run is listed as running (unfinished, if it never ends)
@@ -101,10 +124,10 @@ class RunWriter(L.Callback):
                 rank_zero_info(f"{edits.image_id}: directions {origin.source} from {origin.file}")
             self.from_images = edits.input is not None
             self._save_images(result)
-            cells, columns, captions = grid_rows(result)
-            grid = labelled_grid(cells, columns, captions)
+            found = edit_grid(result)
+            grid = found.image()
             if len(self.overview) < OVERVIEW_IMAGES:
-                self.overview.append((columns, cells, [f"{edits.image_id}  {c}" for c in captions]))
+                self.overview.append(replace(found.at_most(OVERVIEW_SIDE), captions=[f"{edits.image_id}  {c}" for c in found.captions]))
             path = self.layout.grid(edits.image_id)
             path.parent.mkdir(parents=True, exist_ok=True)
             grid.save(path)
@@ -155,11 +178,11 @@ class RunWriter(L.Callback):
                 logger.log_table("edits", columns=rows[0], data=rows[1:])
 
     def _write_overview(self, trainer) -> None:
-        """overview.png: the first images' rows in one figure, where their columns agree (a run's strengths)."""
-        same = [entry for entry in self.overview if entry[0] == self.overview[0][0]] if self.overview else []
-        if not same:
+        """overview.png: the first images' rows in one figure."""
+        if not self.overview:
             return
-        overview = labelled_grid([row for _, cells, _ in same for row in cells], same[0][0], [c for *_, captions in same for c in captions])
+        grids = self.overview
+        overview = Grid([row for g in grids for row in g.cells], grids[0].columns, [c for g in grids for c in g.captions]).image()
         overview.save(self.layout.overview)
         for logger in loggers_with(trainer, "log_image"):
             logger.log_image("overview", [overview])

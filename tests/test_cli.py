@@ -10,6 +10,7 @@ import torch
 import yaml
 from PIL import Image
 
+from lit_hspace.callbacks import OVERVIEW_SIDE, Grid
 from lit_hspace.cli import main
 from lit_hspace.data import HSpaceData
 from lit_hspace.directions import DirectionSet
@@ -123,6 +124,15 @@ def test_pooled_set_of_a_batch_is_the_summed_operators_directions(tmp_path, tiny
             assert np.array_equal(overview[y : y + 128, x : x + 128], png.repeat(8, 0).repeat(8, 1)), (seed, d, a)
     main(["test", "--config", str(config), "--model.init_args.discovery.pool=true"])
     assert not (tmp_path / "runs" / "pooled" / "version_1" / "directions").exists()  # reused
+
+
+def test_overview_shrinks_large_cells_and_keeps_small_ones():
+    """A 512 px cell of four flat quadrants shrinks to 256 px with the same four quadrants; 16 px cells stay as they are."""
+    quadrants = torch.rand(3, 2, 2)
+    large, small = quadrants.repeat_interleave(256, 1).repeat_interleave(256, 2), torch.rand(3, 16, 16)
+    shrunk = Grid([[large, small]], ["a", "b"], ["row"]).at_most(OVERVIEW_SIDE)
+    torch.testing.assert_close(shrunk.cells[0][0], quadrants.repeat_interleave(128, 1).repeat_interleave(128, 2))
+    assert shrunk.cells[0][1] is small
 
 
 def test_jive_in_test_discovers_and_stores_per_region_directions(tmp_path, tiny_model_dir):
