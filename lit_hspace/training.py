@@ -109,6 +109,7 @@ class DDPMTrainer(L.LightningModule):
         self.scheduler.save_pretrained(path)
         return path
 
+
 def shrunk_moments(optimizer_state: dict) -> dict:
     """An optimizer's state_dict with its floating-point per-parameter state in bfloat16 (Adam's step count kept)."""
     def shrink(key: str, value):
